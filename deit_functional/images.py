@@ -1,0 +1,91 @@
+"""Pictures in: decode any common image file and make DeiT's input tensor from it.
+
+How a picture is fit to 224x224: the *whole* picture is resized (bicubic, antialiased) to
+224x224, aspect ratio not kept. timm's eval transform instead resizes the short side to 248 and
+centre-crops 224, which hides the picture's borders from the model -- and then no explanation
+can be drawn over them. Resizing the whole picture makes every pixel of the original sit under
+exactly one patch, so the 14x14 map stretches back over the original pixel for pixel. The cost
+is a mild stretch of non-square pictures, the convention of the rollout tools users know.
+"""
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import IMAGE_SIZE, PATCH
+
+# The pretrained data config of timm's deit_tiny_patch16_224 (ImageNet statistics), kept here so
+# a run need not import timm; tests/test_images.py asserts they equal timm's.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+INTERPOLATION = "bicubic"
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as a picture; the message names the file and the problem."""
+
+
+def read_picture(path):
+    """Decode an image file into an (H, W, 3) uint8 RGB array.
+
+    Greyscale, palette, 1-bit, 16-bit, alpha and multi-frame files are accepted: the first
+    frame is taken, alpha is composited over white, 16-bit values are scaled to 8 bits.
+    """
+    import imageio.v3 as iio  # imported here: its plugin machinery costs ~0.2 s at start-up
+
+    try:
+        with warnings.catch_warnings():  # imageio warns about its legacy plugins while probing
+            warnings.simplefilter("ignore")
+            pixels = np.asarray(iio.imread(path, index=0))
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not a picture") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except Exception as error:  # imageio reports bad data through many exception types
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageError(f"{path}: not a readable picture ({reason})") from None
+    return _to_rgb8(pixels, path)
+
+
+def _to_rgb8(pixels, path):
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4) or pixels.size == 0:
+        raise ImageError(f"{path}: unsupported picture layout {pixels.shape}")
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * 255
+    elif pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    elif pixels.dtype.kind == "f":
+        pixels = (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise ImageError(f"{path}: unsupported pixel type {pixels.dtype}")
+    colour, alpha = (pixels[..., :-1], pixels[..., -1:]) if pixels.shape[-1] in (2, 4) else (pixels, None)
+    if alpha is not None:  # transparent areas hold arbitrary colours: show them as white
+        a = alpha.astype(np.float32) / 255
+        colour = (colour * a + 255 * (1 - a) + 0.5).astype(np.uint8)
+    if colour.shape[-1] == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    if min(colour.shape[:2]) < PATCH:
+        raise ImageError(f"{path}: picture is {colour.shape[1]}x{colour.shape[0]} pixels, "
+                         f"smaller than one {PATCH}x{PATCH} patch")
+    return np.ascontiguousarray(colour)
+
+
+def to_input(picture):
+    """(H, W, 3) uint8 picture -> (3, 224, 224) float32 tensor, resized whole and normalised."""
+    x = torch.from_numpy(picture).permute(2, 0, 1)[None].float().div_(255)
+    x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode=INTERPOLATION, antialias=True,
+                      align_corners=False).clamp_(0, 1)  # bicubic overshoots; pixels cannot
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    return (x[0] - mean) / std
+
+
+def load_image(path):
+    """Read ``path`` -> ``(input, picture)``: the (3, 224, 224) model input and the original
+    (H, W, 3) uint8 picture, kept for drawing the explanation over it."""
+    picture = read_picture(path)
+    return to_input(picture), picture

@@ -1,0 +1,91 @@
+"""The functional forward equals timm's deit_tiny_patch16_224 (GUIDE §2)."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from deit_functional import forward
+
+
+def timm_unfused(model, images, keep_grad=False):
+    """timm's own forward with fused attention off, capturing each block's post-softmax map
+    with hooks (fine in a test, never in the package)."""
+    maps, handles = [], []
+
+    def capture(module, inputs, output):
+        if keep_grad:
+            output.retain_grad()
+        maps.append(output)
+
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+        handles.append(blk.attn.attn_drop.register_forward_hook(capture))
+    try:
+        with torch.set_grad_enabled(keep_grad):
+            logits = model(images.requires_grad_(keep_grad) if keep_grad else images)
+    finally:
+        for h in handles:
+            h.remove()
+        for blk in model.blocks:
+            blk.attn.fused_attn = True
+    return logits, maps
+
+
+def test_logits_and_every_attention_map_are_bitwise_timms_unfused(timm_model, weights, images):
+    ref_logits, ref_maps = timm_unfused(timm_model, images)
+    with torch.no_grad():
+        logits, maps = forward(weights, images)
+    assert logits.shape == (3, 1000) and len(maps) == 12
+    assert all(m.shape == (3, 3, 197, 197) for m in maps)
+    assert torch.equal(logits, ref_logits)
+    for layer, (ours, theirs) in enumerate(zip(maps, ref_maps)):
+        assert torch.equal(ours, theirs), f"layer {layer}"
+
+
+def test_logits_match_timms_default_fused_path(timm_model, weights, images):
+    assert all(blk.attn.fused_attn for blk in timm_model.blocks)
+    with torch.no_grad():
+        ref = timm_model(images)
+        logits, _ = forward(weights, images)
+    assert (logits - ref).abs().max() <= 1e-5
+
+
+def test_retained_attention_gradients_equal_timms(timm_model, weights, images):
+    category = torch.tensor([87, 258, 3])
+    ref_logits, ref_maps = timm_unfused(timm_model, images.clone(), keep_grad=True)
+    ref_logits.gather(1, category[:, None]).sum().backward()
+    timm_model.zero_grad(set_to_none=True)
+
+    logits, maps = forward(weights, images, retain_grad=True)
+    logits.gather(1, category[:, None]).sum().backward()
+    for layer, (ours, theirs) in enumerate(zip(maps, ref_maps)):
+        assert ours.grad is not None, f"layer {layer} kept no gradient"
+        assert ours.grad.abs().max() > 0
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-7, msg=f"layer {layer}")
+
+
+def test_retain_grad_works_inside_no_grad(weights, images):
+    with torch.no_grad():  # e.g. a caller's inference loop
+        logits, maps = forward(weights, images[:1], retain_grad=True)
+    logits[0, 5].backward()
+    assert all(m.grad is not None for m in maps)
+
+
+def test_parameter_count_is_deit_tiny(weights):
+    def count(tree):
+        if torch.is_tensor(tree):
+            return tree.numel()
+        items = tree.values() if isinstance(tree, dict) else tree
+        return sum(count(t) for t in items)
+
+    assert count(weights) == 5_717_416
+
+
+def test_package_registers_no_hooks():
+    package = Path(__file__).resolve().parents[1] / "deit_functional"
+    sources = list(package.rglob("*.py"))
+    assert len(sources) >= 4
+    for path in sources:
+        text = path.read_text()
+        assert not re.search(r"register\w*hook|\.hooks\b|_forward_hooks|_backward_hooks", text), path
