@@ -1,0 +1,158 @@
+"""Both rollouts against an independent naive reference, and properties that must always hold."""
+import numpy as np
+import pytest
+import torch
+
+from deit_functional import explain, forward
+from deit_functional.rollout import (HEAD_FUSIONS, attention_rollout, chefer_rollout, cls_relevance,
+                                     discard_lowest, fuse_heads, gradient_rollout)
+
+L, B, H, N, G = 12, 3, 3, 197, 14
+
+
+def random_maps(seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    attentions = [(torch.randn(B, H, N, N, generator=g) * 3).softmax(-1).to(dtype) for _ in range(L)]
+    gradients = [torch.randn(B, H, N, N, generator=g).to(dtype) for _ in range(L)]
+    return attentions, gradients
+
+
+def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
+    """Per image, per layer, full N x N matrices in float64, straight from the definitions."""
+    fuse = {"mean": lambda a: a.mean(0), "min": lambda a: a.min(0), "max": lambda a: a.max(0)}[fusion]
+    maps = []
+    for b in range(attentions[0].shape[0]):
+        R = np.eye(N)
+        for layer in range(L):
+            a = attentions[layer][b].double().numpy()
+            if gradients is not None:
+                a = a * gradients[layer][b].double().numpy()
+            if rule == "chefer":
+                a = np.maximum(a, 0)  # clamp each head, then fuse
+            A = fuse(a)
+            if gradients is not None and rule == "rollout":
+                A = np.maximum(A, 0)  # fuse, then clamp
+            if ratio:
+                values = np.sort(A[:, 1:].ravel())
+                threshold = values[int(values.size * ratio) - 1]
+                keep = A > threshold
+                keep[:, 0] = True
+                A = A * keep
+            if rule == "chefer":
+                R = R + A @ R
+            else:
+                A = A + np.eye(N)
+                R = (A / A.sum(axis=1, keepdims=True)) @ R
+        row = R[0, 1:]
+        maps.append((row / row.max()).reshape(G, G))
+    return np.stack(maps)
+
+
+CASES = [(f, r) for f in HEAD_FUSIONS for r in (0.0, 0.9)]
+
+
+@pytest.mark.parametrize("fusion, ratio", CASES)
+def test_attention_rollout_equals_naive_reference(fusion, ratio):
+    attentions, _ = random_maps(seed=1)
+    expected = naive(attentions, fusion=fusion, ratio=ratio)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        ours = attention_rollout([a.to(dtype) for a in attentions], fusion, ratio)
+        assert ours.shape == (B, G, G) and ours.dtype == dtype
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("fusion, ratio", CASES)
+@pytest.mark.parametrize("rule, function", [("rollout", gradient_rollout), ("chefer", chefer_rollout)])
+def test_gradient_rollouts_equal_naive_reference(fusion, ratio, rule, function):
+    attentions, gradients = random_maps(seed=2)
+    expected = naive(attentions, gradients, fusion, ratio, rule)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        ours = function([a.to(dtype) for a in attentions], [g.to(dtype) for g in gradients], fusion, ratio)
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_properties_hold_for_every_method_fusion_and_ratio(seed):
+    attentions, gradients = random_maps(seed=100 + seed)
+    ratio = [0.0, 0.5, 0.9, 0.99][seed % 4]
+    for fusion in HEAD_FUSIONS:
+        fused = [discard_lowest(fuse_heads(a, fusion), ratio) for a in attentions]
+        # each Ã row sums to 1 <=> the CLS row keeps total mass 1 through every product
+        torch.testing.assert_close(cls_relevance(fused).sum(dim=1), torch.ones(B, dtype=torch.float32))
+        for maps in (attention_rollout(attentions, fusion, ratio),
+                     gradient_rollout(attentions, gradients, fusion, ratio),
+                     chefer_rollout(attentions, gradients, fusion, ratio)):
+            assert torch.isfinite(maps).all()
+            assert maps.min() >= 0 and maps.max() <= 1
+            assert torch.equal(maps.amax(dim=(1, 2)), torch.ones(B))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_discard_keeps_the_cls_column_and_zeroes_the_lowest_share_of_each_image(ratio):
+    attentions, _ = random_maps(seed=3)
+    fused = fuse_heads(attentions[0], "mean")
+    fused[1] *= 10  # images on different scales: a threshold shared across the batch would fail
+    kept = discard_lowest(fused, ratio)
+    assert torch.equal(kept[:, :, 0], fused[:, :, 0])
+    k = int(N * (N - 1) * ratio)
+    for b in range(B):
+        patches, original = kept[b, :, 1:], fused[b, :, 1:]
+        assert (patches == 0).sum() == k
+        assert patches[patches > 0].min() > original[patches == 0].max()
+
+
+def test_discard_ratio_outside_range_is_refused():
+    attentions, _ = random_maps(seed=4)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="discard_ratio"):
+            attention_rollout(attentions, "mean", bad)
+    with pytest.raises(ValueError, match="unknown head fusion"):
+        attention_rollout(attentions, "median")
+
+
+def hooked_timm_gradients(model, images, category):
+    """Reference attention maps and gradients from timm itself: each block's map captured by a
+    forward hook, its gradient by autograd.grad -- paired by block, not by hook call order."""
+    maps, handles = [], []
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+        handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o)))
+    try:
+        logits = model(images.clone().requires_grad_(True))
+        gradients = torch.autograd.grad(logits[:, category].sum(), maps)
+    finally:
+        for h in handles:
+            h.remove()
+        for blk in model.blocks:
+            blk.attn.fused_attn = True
+    return [m.detach() for m in maps], [g.detach() for g in gradients]
+
+
+@pytest.mark.parametrize("rule", ["rollout", "chefer"])
+def test_explain_pairs_each_layer_with_its_own_gradient(timm_model, weights, images, rule):
+    category = 87
+    maps, gradients = hooked_timm_gradients(timm_model, images, category)
+    expected = naive(maps, gradients, "max", 0.0, rule)
+    reversed_pairing = naive(maps, gradients[::-1], "max", 0.0, rule)
+    tolerance = 1e-5
+    # the pairing matters far beyond the tolerance, so the check below tells the two apart
+    assert np.abs(expected - reversed_pairing).max() > 100 * tolerance
+    logits, ours = explain(weights, images, ("max",), 0.0, category, rule)
+    np.testing.assert_allclose(ours["max"].numpy(), expected, rtol=0, atol=tolerance)
+
+
+def test_explain_without_category_is_attention_rollout_of_the_forward(weights, images):
+    logits, ours = explain(weights, images, HEAD_FUSIONS, 0.9)
+    with torch.no_grad():
+        ref_logits, attentions = forward(weights, images)
+    assert torch.equal(logits, ref_logits)
+    for fusion in HEAD_FUSIONS:  # the maths of attention_rollout is checked against naive() above
+        assert torch.equal(ours[fusion], attention_rollout(attentions, fusion, 0.9))
+
+
+def test_explain_takes_one_category_per_image(weights, images):
+    categories = torch.tensor([87, 258, 3])
+    _, together = explain(weights, images, ("mean",), 0.0, categories)
+    for b in range(B):
+        _, alone = explain(weights, images[b:b + 1], ("mean",), 0.0, int(categories[b]))
+        torch.testing.assert_close(together["mean"][b], alone["mean"][0], rtol=0, atol=1e-6)
