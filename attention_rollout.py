@@ -1,0 +1,14 @@
+#!/usr/bin/env python3
+"""Attention Rollout for DeiT-tiny: python attention_rollout.py --image path/to/image
+
+See --help for options; the maths lives in deit_functional/rollout.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from any directory, installed or not
+
+from deit_functional.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(gradient=False))

@@ -1,0 +1,267 @@
+"""The command line shared by attention_rollout.py and gradient_rollout.py.
+
+Parse and check every argument first, then load the weights, then decode pictures, run the
+model in batches and write results while the next batch is decoded. Bad input ends the run
+with one line on stderr and exit status 2 before anything is written.
+"""
+import argparse
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .model import CLASSES
+from .rollout import HEAD_FUSIONS
+
+PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DEFAULT_OUTPUT_DIR = "results"
+
+
+class UsageError(Exception):
+    """Bad input found before any work: reported as one line, exit status 2."""
+
+
+def parser_for(gradient):
+    what = ("Gradient Rollout: where DeiT-tiny looks for one class, from the gradient of that "
+            "class's logit (one backward pass at inference)" if gradient else
+            "Attention Rollout: where DeiT-tiny's class token looks, through all 12 layers")
+    p = argparse.ArgumentParser(
+        description=f"{what}. Writes, per picture, an overlay PNG at the picture's size (red = "
+                    "most relevant) and the raw mask as .npy (float32, the picture's height x "
+                    "width, values in [0, 1]), then prints the top-5 classes and every file written.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--image", nargs="+", required=True, metavar="PATH",
+                   help="picture file(s) or folder(s) of pictures "
+                        f"({', '.join(sorted(s[1:] for s in PICTURE_SUFFIXES))})")
+    if gradient:
+        p.add_argument("--category", type=category_index, required=True, metavar="INDEX",
+                       help="ImageNet class to explain, 0..999 (e.g. 87 African grey parrot, 258 Samoyed)")
+        p.add_argument("--method", choices=("rollout", "chefer"), default="rollout",
+                       help="rollout: gradient-weighted attention rollout, rows renormalised; "
+                            "chefer: Chefer et al. 2021, R <- R + mean_h((grad*attn)+) R")
+    p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",), default="mean",
+                   help="how each layer's 3 heads are combined; 'all' writes mean, min and max "
+                        "side by side in one picture")
+    p.add_argument("--discard-ratio", type=discard_ratio, default=0.9, metavar="R",
+                   help="share of each layer's lowest attention entries set to zero, in [0, 1); "
+                        "the attention to the class token is never discarded")
+    p.add_argument("--weights", type=Path, metavar="FILE",
+                   help="local checkpoint (.pth, .bin or .safetensors); default: timm's pretrained "
+                        "weights from the local cache, or downloaded")
+    p.add_argument("--output-dir", type=Path, default=Path(DEFAULT_OUTPUT_DIR), metavar="DIR",
+                   help="folder for the results, created if missing; existing files are never overwritten")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
+                   help="pictures per forward pass")
+    p.add_argument("--save-grid", action="store_true",
+                   help="also save the 14x14 patch map as <name>_grid.npy")
+    return p
+
+
+def category_index(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < CLASSES:
+        raise argparse.ArgumentTypeError(f"{value} is not an ImageNet class index (0..{CLASSES - 1})")
+    return value
+
+
+def discard_ratio(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1)")
+    return value
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def collect_pictures(arguments):
+    """Files as given, folders expanded to their pictures (sorted, not recursive)."""
+    paths = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file())
+            if not found:
+                raise UsageError(f"{path}: folder holds no pictures")
+            paths += found
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise UsageError(f"{path}: no such file")
+    return paths
+
+
+def check_output_dir(folder):
+    """Refuse an output path that is a file or cannot be written, before any work is done."""
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{existing}: output path is not a folder")
+    try:  # a real probe: permission bits say nothing for root or on a read-only file system
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise UsageError(f"{existing}: output folder is not writable") from None
+
+
+def check_device(name):
+    import torch
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available here")
+    return device
+
+
+class Names:
+    """Output file names that carry method, fusion, ratio and category, and never collide with
+    an existing file or one written earlier in this run (a counter is added instead)."""
+
+    def __init__(self, folder, tag):
+        self.folder, self.tag, self.taken = folder, tag, set()
+
+    def claim(self, picture_path, kinds):
+        stem = f"{Path(picture_path).stem}_{self.tag}"
+        for n in range(1, 10_000):
+            base = stem if n == 1 else f"{stem}-{n}"
+            paths = {kind: self.folder / f"{base}{suffix}" for kind, suffix in kinds.items()}
+            if not any(p in self.taken or p.exists() or p.is_symlink() for p in paths.values()):
+                self.taken.update(paths.values())
+                return paths
+        raise RuntimeError(f"no free output name for {stem}")
+
+
+def output_tag(args, gradient):
+    method = ("chefer" if args.method == "chefer" else "gradient-rollout") if gradient else "attention-rollout"
+    parts = [method, args.head_fusion, f"discard{args.discard_ratio:g}"]
+    if gradient:
+        parts.append(f"category{args.category}")
+    return "_".join(parts)
+
+
+def main(gradient, argv=None):
+    parser = parser_for(gradient)
+    args = parser.parse_args(argv)
+    try:
+        return run(args, gradient)
+    except UsageError as error:
+        parser.error(str(error))  # usage line + message on stderr, exit status 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args, gradient):
+    from .images import ImageError, load_image
+    from .weights import WeightsError, load_weights
+
+    paths = collect_pictures(args.image)
+    check_output_dir(args.output_dir)
+    device = check_device(args.device)
+    try:
+        weights = load_weights(args.weights, device=device)
+    except WeightsError as error:
+        raise UsageError(str(error)) from None
+
+    def decode(path):
+        try:
+            return load_image(path)
+        except ImageError as error:
+            return error
+
+    if len(paths) == 1:  # one picture: every problem is found before anything is written
+        first = decode(paths[0])
+        if isinstance(first, ImageError):
+            raise UsageError(str(first))
+
+    import torch
+    from tqdm import tqdm
+    from .explain import explain
+    from .labels import top_classes
+
+    fusions = HEAD_FUSIONS if args.head_fusion == "all" else (args.head_fusion,)
+    names = Names(args.output_dir, output_tag(args, gradient))
+    failures = 0
+
+    def finish(future):
+        nonlocal failures
+        try:
+            print(future.result(), flush=True)
+        except OSError as error:
+            failures += 1
+            print(f"cannot write results: {error}", file=sys.stderr)
+
+    with ThreadPoolExecutor(2) as decoder, ThreadPoolExecutor(1) as writer, \
+            tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
+        writes = []
+        for batch in prefetched(paths, args.batch_size, decoder, decode):
+            good = [(path, item) for path, item in batch if not isinstance(item, ImageError)]
+            for path, item in batch:
+                if isinstance(item, ImageError):
+                    failures += 1
+                    bar.write(f"skipped {item}", file=sys.stderr)
+            if good:
+                images = torch.stack([x for _, (x, _) in good]).to(device)
+                logits, maps = explain(weights, images, fusions, args.discard_ratio,
+                                       args.category if gradient else None,
+                                       args.method if gradient else "rollout")
+                probabilities = logits.softmax(dim=-1).cpu()
+                maps = {f: m.cpu() for f, m in maps.items()}
+                for row, (path, (_, picture)) in enumerate(good):
+                    writes.append(writer.submit(write_results, path, picture, {f: m[row] for f, m in maps.items()},
+                                                names, args, top_classes(probabilities[row])))
+            while writes and writes[0].done():  # print finished pictures in order
+                finish(writes.pop(0))
+            bar.update(len(batch))
+        for future in writes:
+            finish(future)
+    if failures:
+        print(f"{failures} of {len(paths)} pictures failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def prefetched(paths, batch_size, pool, decode):
+    """Yield batches of (path, decoded picture or ImageError), decoding the next batch in
+    ``pool`` while the caller runs the model on the current one."""
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    pending = [pool.submit(decode, p) for p in batches[0]]
+    for index, batch in enumerate(batches):
+        done = [f.result() for f in pending]
+        if index + 1 < len(batches):
+            pending = [pool.submit(decode, p) for p in batches[index + 1]]
+        yield list(zip(batch, done))
+
+
+def write_results(path, picture, grids, names, args, report):
+    """Write one picture's overlay and masks; returns the lines to print."""
+    from .render import overlay, save_npy, save_png, side_by_side, upsample
+
+    kinds = {"overlay": ".png"}
+    for fusion in grids:
+        kinds[f"mask-{fusion}"] = f"_{fusion}_mask.npy" if len(grids) > 1 else "_mask.npy"
+        if args.save_grid:
+            kinds[f"grid-{fusion}"] = f"_{fusion}_grid.npy" if len(grids) > 1 else "_grid.npy"
+    targets = names.claim(path, kinds)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    masks = {f: upsample(g, picture.shape[:2]) for f, g in grids.items()}
+    save_png(targets["overlay"], side_by_side([overlay(picture, m) for m in masks.values()]))
+    for fusion, mask in masks.items():
+        save_npy(targets[f"mask-{fusion}"], mask)
+        if args.save_grid:
+            save_npy(targets[f"grid-{fusion}"], grids[fusion].float().numpy())
+    return "\n".join([f"{path}:", *report, *(str(t) for t in targets.values())])

@@ -1,0 +1,203 @@
+"""The two graded scripts, run for real as subprocesses: outputs, and every kind of bad input."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTENTION, GRADIENT = ROOT / "attention_rollout.py", ROOT / "gradient_rollout.py"
+
+
+def run(script, *args, cwd, env=None):
+    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, timm_model):
+    path = tmp_path_factory.mktemp("weights") / "random_deit_tiny.pth"
+    torch.save({"model": timm_model.state_dict()}, path)  # the official release's layout
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.jpg"
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 170, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def written(stdout):
+    return [Path(line) for line in stdout.splitlines() if line.endswith((".png", ".npy"))]
+
+
+def test_attention_script_from_another_directory(tmp_path, photo, checkpoint):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run(ATTENTION, "--image", photo, "--weights", checkpoint, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n  ") >= 5  # the top-5 lines
+    files = written(result.stdout)
+    assert [f.suffix for f in files] == [".png", ".npy"]
+    assert all("attention-rollout_mean_discard0.9" in f.name for f in files)
+    overlay = np.asarray(Image.open(elsewhere / files[0]))
+    mask = np.load(elsewhere / files[1])
+    assert overlay.shape == (120, 170, 3)
+    assert mask.shape == (120, 170) and mask.dtype == np.float32
+    assert 0 <= mask.min() and mask.max() <= 1
+    # the default output folder sits in the working directory, holding exactly these two files
+    assert sorted(p.name for p in (elsewhere / "results").iterdir()) == sorted(f.name for f in files)
+
+
+def test_gradient_script_all_fusions_and_no_overwrite(tmp_path, photo, checkpoint):
+    out = tmp_path / "out"
+    args = ["--image", photo, "--category", "87", "--weights", checkpoint, "--output-dir", out,
+            "--head-fusion", "all", "--save-grid"]
+    first = run(GRADIENT, *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    files = written(first.stdout)
+    assert len(files) == 1 + 3 + 3
+    assert all("gradient-rollout_all_discard0.9_category87" in f.name for f in files)
+    assert {f.name.split("_")[-2] for f in files if f.suffix == ".npy"} == {"mean", "min", "max"}
+    assert np.asarray(Image.open(files[0])).shape == (120, 170 * 3 + 2 * 8, 3)  # three panels
+    grid = np.load(next(f for f in files if f.name.endswith("max_grid.npy")))
+    assert grid.shape == (14, 14) and grid.max() == 1
+    before = {f: f.read_bytes() for f in files}
+    second = run(GRADIENT, *args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert not set(written(second.stdout)) & set(files)
+    assert all(f.read_bytes() == data for f, data in before.items())
+
+
+def test_chefer_method_is_selectable(tmp_path, photo, checkpoint):
+    result = run(GRADIENT, "--image", photo, "--category", "3", "--method", "chefer",
+                 "--weights", checkpoint, "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all("chefer_mean" in f.name for f in written(result.stdout))
+
+
+@pytest.mark.parametrize("name, make", [
+    ("grey.png", lambda: Image.fromarray(np.full((50, 70), 90, np.uint8))),
+    ("rgba.png", lambda: Image.fromarray(np.full((50, 70, 4), 200, np.uint8))),
+    ("deep.png", lambda: Image.fromarray(np.full((50, 70), 40000, np.uint16))),
+    ("palette.gif", lambda: Image.fromarray(np.full((50, 70, 3), 30, np.uint8)).quantize(8)),
+    ("large.jpg", lambda: Image.fromarray(np.full((3000, 4000, 3), 120, np.uint8))),
+])
+def test_odd_but_valid_pictures_give_a_mask_at_their_size(tmp_path, checkpoint, name, make):
+    picture = make()
+    picture.save(tmp_path / name)
+    result = run(ATTENTION, "--image", tmp_path / name, "--weights", checkpoint,
+                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    mask = np.load(written(result.stdout)[1])
+    assert mask.shape == (picture.height, picture.width)
+
+
+def bad_inputs():
+    """(name, build(tmp_path, photo, checkpoint) -> extra arguments, expected words in the error)."""
+    def file_with(content, name="bad.png"):
+        def build(tmp, photo, ckpt):
+            path = tmp / name
+            path.write_bytes(content(photo) if callable(content) else content)
+            return ["--image", path, "--weights", ckpt]
+        return build
+
+    def args(*extra):
+        return lambda tmp, photo, ckpt: ["--image", photo, "--weights", ckpt, *extra]
+
+    def empty_folder(tmp, photo, ckpt):
+        (tmp / "empty").mkdir()
+        (tmp / "empty" / "notes.txt").write_text("no pictures here")
+        return ["--image", tmp / "empty", "--weights", ckpt]
+
+    def tiny(tmp, photo, ckpt):
+        Image.fromarray(np.zeros((10, 300, 3), np.uint8)).save(tmp / "tiny.png")
+        return ["--image", tmp / "tiny.png", "--weights", ckpt]
+
+    def wrong_weights(tmp, photo, ckpt):
+        state = torch.load(ckpt, weights_only=True)["model"]
+        del state["blocks.4.attn.proj.bias"]
+        torch.save(state, tmp / "wrong.pth")
+        return ["--image", photo, "--weights", tmp / "wrong.pth"]
+
+    def output_is_file(tmp, photo, ckpt):
+        (tmp / "taken").write_text("a file")
+        return ["--image", photo, "--weights", ckpt, "--output-dir", tmp / "taken"]
+
+    return [
+        ("missing file", lambda tmp, photo, ckpt: ["--image", tmp / "nope.jpg", "--weights", ckpt],
+         "no such file"),
+        ("not an image", file_with(b"just some text, not a picture"), "not a readable picture"),
+        ("empty file", file_with(b""), "not a readable picture"),
+        ("truncated file", file_with(lambda p: p.read_bytes()[:400], "cut.jpg"), "not a readable picture"),
+        ("folder without pictures", empty_folder, "holds no pictures"),
+        ("picture smaller than a patch", tiny, "smaller than one 16x16 patch"),
+        ("category not an integer", args("--category", "parrot"), "not an integer"),
+        ("category out of range", args("--category", "1000"), "not an ImageNet class index"),
+        ("negative category", args("--category=-1"), "not an ImageNet class index"),
+        ("discard ratio 1", args("--discard-ratio", "1"), "outside [0, 1)"),
+        ("negative discard ratio", args("--discard-ratio=-0.1"), "outside [0, 1)"),
+        ("discard ratio nan", args("--discard-ratio", "nan"), "outside [0, 1)"),
+        ("unknown fusion", args("--head-fusion", "median"), "invalid choice"),
+        ("missing weights file", lambda tmp, photo, ckpt: ["--image", photo, "--weights", tmp / "no.pth"],
+         "weights file not found"),
+        ("wrong weights file", wrong_weights, "blocks.4.attn.proj.bias"),
+        ("output path is a file", output_is_file, "not a folder"),
+        ("output folder not writable", args("--output-dir", "/proc/deit-results"), "not writable"),
+        ("no CUDA here", args("--device", "cuda") if not torch.cuda.is_available() else
+         args("--device", "nonsense"), "cuda" if not torch.cuda.is_available() else "unknown device"),
+    ]
+
+
+BAD_RUNS = [(script, *case) for script in (ATTENTION, GRADIENT) for case in bad_inputs()
+            if script == GRADIENT or "category" not in case[0]]  # attention rollout takes no category
+
+
+@pytest.mark.parametrize("script, case, build, words", BAD_RUNS,
+                         ids=[f"{s.stem.split('_')[0]}-{c}" for s, c, _, _ in BAD_RUNS])
+def test_bad_input_one_message_exit_2_nothing_written(tmp_path, photo, checkpoint, script, case, build, words):
+    arguments = build(tmp_path, photo, checkpoint)
+    if script == GRADIENT and "category" not in case:
+        arguments += ["--category", "87"]
+    before = sorted(tmp_path.rglob("*"))
+    result = run(script, *arguments, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, inputs untouched
+
+
+def test_gradient_script_requires_a_category(tmp_path, photo, checkpoint):
+    result = run(GRADIENT, "--image", photo, "--weights", checkpoint, cwd=tmp_path)
+    assert result.returncode == 2 and "--category" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_without_weights_or_network_the_script_fails_fast_and_says_how(tmp_path, photo):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"),
+               HF_ENDPOINT="http://127.0.0.1:9")  # an empty cache; a hub nobody answers on
+    start = time.monotonic()
+    result = run(ATTENTION, "--image", photo, cwd=tmp_path, env=env)
+    assert time.monotonic() - start < 15
+    assert result.returncode == 2 and "--weights" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_folder_with_one_bad_file_reports_it_and_goes_on(tmp_path, photo, checkpoint):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (folder / name).write_bytes(photo.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    result = run(ATTENTION, "--image", folder, "--weights", checkpoint, "--batch-size", "2",
+                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broken.png" in result.stderr and "1 of 4 pictures failed" in result.stderr
+    assert sorted(f.name.split("_")[0] for f in written(result.stdout)) == ["a", "a", "b", "b", "c", "c"]
