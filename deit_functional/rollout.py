@@ -90,9 +90,33 @@ def rollout(layers, renormalise=True):
     return to_grid(cls_relevance(layers, renormalise))
 
 
+def rollout_by_layer(layers, renormalise=True):
+    """(L, B, G, G): the rolled-out map after each of the L layers, to watch it spread."""
+    return torch.stack([rollout(layers[:depth], renormalise) for depth in range(1, len(layers) + 1)])
+
+
+def attention_layers(attentions, head_fusion="mean", discard_ratio=0.0):
+    """Attention Rollout's per-layer maps: heads fused, lowest entries discarded."""
+    return [discard_lowest(fuse_heads(a, head_fusion), discard_ratio) for a in attentions]
+
+
+def gradient_layers(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
+    """Gradient Rollout's per-layer maps: grad ⊙ attn, fused, then negatives clamped."""
+    _check_pairs(attentions, gradients)
+    return [discard_lowest(fuse_heads(g * a, head_fusion).clamp_min(0), discard_ratio)
+            for a, g in zip(attentions, gradients)]
+
+
+def chefer_layers(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
+    """Chefer et al.'s per-layer maps: (grad ⊙ attn)^+ per head, then fused (the paper: mean)."""
+    _check_pairs(attentions, gradients)
+    return [discard_lowest(fuse_heads((g * a).clamp_min(0), head_fusion), discard_ratio)
+            for a, g in zip(attentions, gradients)]
+
+
 def attention_rollout(attentions, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) -> (B, G, G) Attention Rollout, each map scaled to max 1."""
-    return rollout([discard_lowest(fuse_heads(a, head_fusion), discard_ratio) for a in attentions])
+    return rollout(attention_layers(attentions, head_fusion, discard_ratio))
 
 
 def gradient_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
@@ -100,9 +124,7 @@ def gradient_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.
 
     ``gradients[i]`` is d(logit of the explained class)/d(attentions[i]).
     """
-    _check_pairs(attentions, gradients)
-    return rollout([discard_lowest(fuse_heads(g * a, head_fusion).clamp_min(0), discard_ratio)
-                    for a, g in zip(attentions, gradients)])
+    return rollout(gradient_layers(attentions, gradients, head_fusion, discard_ratio))
 
 
 def chefer_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
@@ -110,9 +132,7 @@ def chefer_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0)
 
     The paper fuses by mean and discards nothing; the options are kept for comparison.
     """
-    _check_pairs(attentions, gradients)
-    return rollout([discard_lowest(fuse_heads((g * a).clamp_min(0), head_fusion), discard_ratio)
-                    for a, g in zip(attentions, gradients)], renormalise=False)
+    return rollout(chefer_layers(attentions, gradients, head_fusion, discard_ratio), renormalise=False)
 
 
 def _check_pairs(attentions, gradients):

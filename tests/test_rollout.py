@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from deit_functional import explain, forward
-from deit_functional.rollout import (HEAD_FUSIONS, attention_rollout, chefer_rollout, cls_relevance,
-                                     discard_lowest, fuse_heads, gradient_rollout)
+from deit_functional.explain import explain_by_layer
+from deit_functional.rollout import (HEAD_FUSIONS, attention_layers, attention_rollout, chefer_rollout,
+                                     cls_relevance, discard_lowest, fuse_heads, gradient_rollout,
+                                     rollout_by_layer)
 
 L, B, H, N, G = 12, 3, 3, 197, 14
 
@@ -23,7 +25,7 @@ def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
     maps = []
     for b in range(attentions[0].shape[0]):
         R = np.eye(N)
-        for layer in range(L):
+        for layer in range(len(attentions)):
             a = attentions[layer][b].double().numpy()
             if gradients is not None:
                 a = a * gradients[layer][b].double().numpy()
@@ -156,3 +158,23 @@ def test_explain_takes_one_category_per_image(weights, images):
     for b in range(B):
         _, alone = explain(weights, images[b:b + 1], ("mean",), 0.0, int(categories[b]))
         torch.testing.assert_close(together["mean"][b], alone["mean"][0], rtol=0, atol=1e-6)
+
+
+def test_rollout_by_layer_is_the_rollout_of_the_first_layers():
+    attentions, _ = random_maps(seed=5)
+    by_layer = rollout_by_layer(attention_layers(attentions, "max", 0.5))
+    assert by_layer.shape == (L, B, G, G)
+    for depth in (1, 2, 7, 12):
+        np.testing.assert_allclose(by_layer[depth - 1].numpy(), naive(attentions[:depth], fusion="max", ratio=0.5),
+                                   rtol=0, atol=1e-6)
+
+
+def test_explain_by_layer_gives_each_layers_own_cls_row(weights, images):
+    _, by_layer, own = explain_by_layer(weights, images, "mean", 0.0)
+    with torch.no_grad():
+        _, attentions = forward(weights, images)
+    assert own.shape == by_layer.shape == (L, B, G, G)
+    for layer in (0, 5, 11):
+        row = attentions[layer].mean(dim=1)[:, 0, 1:]
+        torch.testing.assert_close(own[layer], (row / row.amax(dim=1, keepdim=True)).view(B, G, G))
+    torch.testing.assert_close(by_layer[-1], attention_rollout(attentions, "mean", 0.0))
