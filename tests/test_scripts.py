@@ -201,3 +201,53 @@ def test_folder_with_one_bad_file_reports_it_and_goes_on(tmp_path, photo, checkp
     assert result.returncode == 1
     assert "broken.png" in result.stderr and "1 of 4 pictures failed" in result.stderr
     assert sorted(f.name.split("_")[0] for f in written(result.stdout)) == ["a", "a", "b", "b", "c", "c"]
+
+
+@pytest.fixture(scope="module")
+def planted_checkpoint(tmp_path_factory):
+    from planted import planted_state_dict
+    path = tmp_path_factory.mktemp("planted") / "planted.safetensors"
+    from safetensors.torch import save_file
+    save_file(planted_state_dict(), path)
+    return path
+
+
+def peak_inside(mask, square):
+    _, top, left, side = square
+    y, x = np.unravel_index(np.argmax(mask), mask.shape)
+    return top <= y < top + side and left <= x < left + side
+
+
+def square_mean(mask, square):
+    _, top, left, side = square
+    return mask[top:top + side, left:left + side].mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_both_scripts_find_the_planted_squares_end_to_end(tmp_path, planted_checkpoint, seed):
+    """The homework's cases on a model whose answer is known: one square for attention rollout;
+    a red and a blue square for gradient rollout, each class lighting its own square only."""
+    from planted import BLUE_CLASS, RED_CLASS, draw_scene
+    rng = np.random.default_rng(seed)
+    height, width, side = 240, 320, 56
+    # off-centre, not on the 16-px grid: the red square on the left, the blue one on the right
+    red = ("red", int(rng.integers(10, height - side - 10)), int(rng.integers(5, 90)), side)
+    blue = ("blue", int(rng.integers(10, height - side - 10)), int(rng.integers(180, width - side - 5)), side)
+    Image.fromarray(draw_scene(height, width, [red])).save(tmp_path / "one.png")
+    Image.fromarray(draw_scene(height, width, [red, blue])).save(tmp_path / "two.png")
+    common = ["--weights", planted_checkpoint, "--output-dir", tmp_path / "out", "--head-fusion", "all"]
+
+    result = run(ATTENTION, "--image", tmp_path / "one.png", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    masks = [np.load(f) for f in written(result.stdout) if f.suffix == ".npy"]
+    assert len(masks) == 3 and all(m.shape == (height, width) for m in masks)
+    assert all(peak_inside(m, red) for m in masks)
+
+    for category, own, other in ((RED_CLASS, red, blue), (BLUE_CLASS, blue, red)):
+        for method in ("rollout", "chefer"):
+            result = run(GRADIENT, "--image", tmp_path / "two.png", "--category", category,
+                         "--method", method, *common, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            for mask in (np.load(f) for f in written(result.stdout) if f.suffix == ".npy"):
+                assert peak_inside(mask, own)
+                assert square_mean(mask, other) < 0.2 * square_mean(mask, own)
