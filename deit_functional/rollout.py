@@ -27,6 +27,7 @@ numbers. Ã is never built: with s = rowsum(A), v Ã = (v / (s + 1)) A + v / (s 
 
 Shapes: B batch, H heads, N tokens (CLS first), G patch grid side (N = 1 + G*G).
 """
+import numpy as np
 import torch
 from einops import einsum, rearrange
 
@@ -56,10 +57,20 @@ def discard_lowest(fused, discard_ratio):
     k = int(patches.shape[1] * discard_ratio)
     if k == 0:
         return fused
-    threshold = patches.kthvalue(k, dim=1).values  # O(n) selection; a full sort costs ~4x more
-    keep = fused > rearrange(threshold, "b -> b 1 1")
+    keep = fused > rearrange(kth_smallest(patches, k), "b -> b 1 1")
     keep[:, :, 0] = True
     return fused * keep
+
+
+def kth_smallest(values, k):
+    """(B, n) -> (B,): each row's k-th smallest value (k from 1), as ``values.kthvalue(k)``.
+
+    On the CPU numpy's partition is used: its SIMD selection is ~5x faster than torch.kthvalue
+    there (bench/), and this threshold is the costliest step of the whole rollout.
+    """
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.partition(values.numpy(), k - 1, axis=1)[:, k - 1])
+    return values.kthvalue(k, dim=1).values
 
 
 def cls_relevance(layers, renormalise=True):

@@ -178,3 +178,11 @@ def test_explain_by_layer_gives_each_layers_own_cls_row(weights, images):
         row = attentions[layer].mean(dim=1)[:, 0, 1:]
         torch.testing.assert_close(own[layer], (row / row.amax(dim=1, keepdim=True)).view(B, G, G))
     torch.testing.assert_close(by_layer[-1], attention_rollout(attentions, "mean", 0.0))
+
+
+def test_kth_smallest_equals_torch_kthvalue():
+    from deit_functional.rollout import kth_smallest
+    values = torch.randn(5, 1000, generator=torch.Generator().manual_seed(6))
+    values[2, :500] = 0.25  # ties
+    for k in (1, 2, 499, 500, 501, 900, 1000):
+        assert torch.equal(kth_smallest(values, k), values.kthvalue(k, dim=1).values)
