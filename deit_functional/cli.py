@@ -55,6 +55,15 @@ def parser_for(gradient):
                    help="pictures per forward pass")
     p.add_argument("--save-grid", action="store_true",
                    help="also save the 14x14 patch map as <name>_grid.npy")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also write <name>_layers.png: top row, the rollout after layers 1..12 "
+                        "(left to right); bottom row, each layer's own class-token attention")
+    p.add_argument("--evaluate", action="store_true",
+                   help="also score each fusion's faithfulness by the perturbation test of Chefer "
+                        "et al. 2021 (probability of the " + ("--category" if gradient else "predicted")
+                        + " class as the most / least relevant patches are removed): prints the "
+                        "areas under the curves, writes them with the curves to <name>_evaluation.json "
+                        "and plots them to <name>_evaluation.png (needs matplotlib)")
     return p
 
 
@@ -190,8 +199,6 @@ def run(args, gradient):
 
     import torch
     from tqdm import tqdm
-    from .explain import explain
-    from .labels import top_classes
 
     fusions = HEAD_FUSIONS if args.head_fusion == "all" else (args.head_fusion,)
     names = Names(args.output_dir, output_tag(args, gradient))
@@ -216,14 +223,9 @@ def run(args, gradient):
                     bar.write(f"skipped {item}", file=sys.stderr)
             if good:
                 images = torch.stack([x for _, (x, _) in good]).to(device)
-                logits, maps = explain(weights, images, fusions, args.discard_ratio,
-                                       args.category if gradient else None,
-                                       args.method if gradient else "rollout")
-                probabilities = logits.softmax(dim=-1).cpu()
-                maps = {f: m.cpu() for f, m in maps.items()}
-                for row, (path, (_, picture)) in enumerate(good):
-                    writes.append(writer.submit(write_results, path, picture, {f: m[row] for f, m in maps.items()},
-                                                names, args, top_classes(probabilities[row])))
+                results = explain_batch(weights, images, fusions, args, gradient)
+                for (path, (_, picture)), result in zip(good, results):
+                    writes.append(writer.submit(write_results, path, picture, result, names, args))
             while writes and writes[0].done():  # print finished pictures in order
                 finish(writes.pop(0))
             bar.update(len(batch))
@@ -233,6 +235,41 @@ def run(args, gradient):
         print(f"{failures} of {len(paths)} pictures failed", file=sys.stderr)
         return 1
     return 0
+
+
+def explain_batch(weights, images, fusions, args, gradient):
+    """Run the model on a batch -> one dict per picture of what write_results needs."""
+    from .evaluate import perturbation_test
+    from .explain import explain, explain_by_layer
+    from .labels import top_classes
+
+    category = args.category if gradient else None
+    rule = args.method if gradient else "rollout"
+    logits, maps = explain(weights, images, fusions, args.discard_ratio, category, rule)
+    probabilities = logits.softmax(dim=-1).cpu()
+    results = [{"report": top_classes(p), "grids": {f: m[row].cpu() for f, m in maps.items()}}
+               for row, p in enumerate(probabilities)]
+    if args.per_layer:
+        for fusion in fusions:
+            _, by_layer, own = explain_by_layer(weights, images, fusion, args.discard_ratio, category, rule)
+            for row, result in enumerate(results):
+                result.setdefault("layers", {})[fusion] = (by_layer[:, row].cpu(), own[:, row].cpu())
+    if args.evaluate:
+        for row, result in enumerate(results):
+            target = category if gradient else int(probabilities[row].argmax())
+            scores = perturbation_test(weights, images[row], result["grids"], target)
+            result["evaluation"] = {"category": target, "fusions": scores}
+            result["report"] += evaluation_lines(target, scores)
+    return results
+
+
+def evaluation_lines(category, scores):
+    from .labels import class_names
+    lines = [f"  faithfulness for class {category} {class_names()[category]} "
+             "(perturbation test; positive AUC: lower is better, negative AUC: higher is better)",
+             "    fusion  positive AUC  negative AUC"]
+    lines += [f"    {name:6}  {s['positive_auc']:12.4f}  {s['negative_auc']:12.4f}" for name, s in scores.items()]
+    return lines
 
 
 def prefetched(paths, batch_size, pool, decode):
@@ -247,21 +284,64 @@ def prefetched(paths, batch_size, pool, decode):
         yield list(zip(batch, done))
 
 
-def write_results(path, picture, grids, names, args, report):
-    """Write one picture's overlay and masks; returns the lines to print."""
-    from .render import overlay, save_npy, save_png, side_by_side, upsample
+def write_results(path, picture, result, names, args):
+    """Write one picture's files (never over an existing one); returns the lines to print."""
+    from .render import layer_figure, overlay, save_json, save_npy, save_png, side_by_side, upsample
 
+    grids, layers, evaluation = result["grids"], result.get("layers", {}), result.get("evaluation")
+    several = len(grids) > 1
+    named = lambda fusion, ending: f"_{fusion}{ending}" if several else ending
     kinds = {"overlay": ".png"}
     for fusion in grids:
-        kinds[f"mask-{fusion}"] = f"_{fusion}_mask.npy" if len(grids) > 1 else "_mask.npy"
+        kinds[f"mask {fusion}"] = named(fusion, "_mask.npy")
         if args.save_grid:
-            kinds[f"grid-{fusion}"] = f"_{fusion}_grid.npy" if len(grids) > 1 else "_grid.npy"
+            kinds[f"grid {fusion}"] = named(fusion, "_grid.npy")
+        if fusion in layers:
+            kinds[f"layers {fusion}"] = named(fusion, "_layers.png")
+    if evaluation is not None:
+        kinds["evaluation"] = "_evaluation.json"
+        kinds["plot"] = "_evaluation.png"
     targets = names.claim(path, kinds)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     masks = {f: upsample(g, picture.shape[:2]) for f, g in grids.items()}
     save_png(targets["overlay"], side_by_side([overlay(picture, m) for m in masks.values()]))
     for fusion, mask in masks.items():
-        save_npy(targets[f"mask-{fusion}"], mask)
+        save_npy(targets[f"mask {fusion}"], mask)
         if args.save_grid:
-            save_npy(targets[f"grid-{fusion}"], grids[fusion].float().numpy())
-    return "\n".join([f"{path}:", *report, *(str(t) for t in targets.values())])
+            save_npy(targets[f"grid {fusion}"], grids[fusion].float().numpy())
+        if fusion in layers:
+            save_png(targets[f"layers {fusion}"], layer_figure(picture, *layers[fusion]))
+    notes = []
+    if evaluation is not None:
+        save_json(targets["evaluation"], {"picture": str(path), **evaluation})
+        if not save_curves_plot(targets["plot"], evaluation):
+            del targets["plot"]
+            notes.append("  (no curves plot: matplotlib is not installed; pip install matplotlib)")
+    return "\n".join([f"{path}:", *result["report"], *notes, *(str(t) for t in targets.values())])
+
+
+def save_curves_plot(path, evaluation):
+    """Plot the perturbation curves with matplotlib if it is installed; False where it is not."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from .labels import class_names
+    from .render import write_atomically
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, order, title in zip(axes, ("positive", "negative"),
+                                ("most relevant removed first (lower is better)",
+                                 "least relevant removed first (higher is better)")):
+        for fusion, scores in evaluation["fusions"].items():
+            ax.plot(scores["fractions"], scores[order], marker="o",
+                    label=f"{fusion}: AUC {scores[order + '_auc']:.3f}")
+        ax.set(title=title, xlabel="share of patches removed")
+        ax.legend()
+    axes[0].set_ylabel(f"p({class_names()[evaluation['category']].split(',')[0]})")
+    figure.tight_layout()
+    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=100))
+    plt.close(figure)
+    return True

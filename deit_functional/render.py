@@ -37,6 +37,29 @@ def side_by_side(panels, gap=8):
     return np.concatenate(parts, axis=1)
 
 
+def resize(picture, height):
+    """(H, W, 3) uint8 -> the same picture ``height`` pixels high, aspect ratio kept."""
+    width = max(1, round(picture.shape[1] * height / picture.shape[0]))
+    x = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).clamp_(0, 255).round_().to(torch.uint8).numpy()
+
+
+def stacked(rows, gap=8):
+    """Rows of equal-width pictures -> one picture, separated by white gaps."""
+    spacer = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
+    parts = [p for row in rows for p in (row, spacer)][:-1]
+    return np.concatenate(parts, axis=0)
+
+
+def layer_figure(picture, by_layer, own, height=112, gap=8):
+    """The per-layer view: top row, the rollout after layers 1..L; bottom row, each layer's own
+    CLS attention; each panel the picture ``height`` pixels high with the map over it."""
+    small = resize(picture, height)
+    row = lambda grids: side_by_side([overlay(small, upsample(g, small.shape[:2])) for g in grids], gap)
+    return stacked([row(by_layer), row(own)], gap)
+
+
 def write_atomically(path, save):
     """Write ``path`` through ``save(temporary_path)`` then rename, so a failed or interrupted
     run never leaves a half-written result under the final name."""
@@ -56,3 +79,8 @@ def save_png(path, picture):
 
 def save_npy(path, array):
     write_atomically(path, lambda p: np.save(p, array))
+
+
+def save_json(path, data):
+    import json
+    write_atomically(path, lambda p: Path(p).write_text(json.dumps(data, indent=2) + "\n"))

@@ -1,0 +1,112 @@
+"""The perturbation test (Chefer et al. 2021), the per-layer figure, and the --evaluate /
+--per-layer options through the real scripts."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deit_functional import explain, load_weights, to_input
+from deit_functional.evaluate import FRACTIONS, auc, perturbation_test, removal_masks
+from deit_functional.render import layer_figure, overlay, resize, upsample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_auc_of_known_curves_is_exact():
+    assert auc([0, 1], [1, 1]) == 1.0
+    assert auc([0, 0.5, 1], [1, 1, 0]) == 0.75
+    assert auc(FRACTIONS, [1 - x for x in FRACTIONS]) == pytest.approx(0.9 - 0.9 ** 2 / 2, abs=1e-15)
+
+
+def test_removal_masks_remove_the_most_or_least_relevant_patches_first():
+    grid = torch.arange(196, dtype=torch.float32).view(14, 14)  # patch i has relevance i
+    first = removal_masks(grid, FRACTIONS, most_relevant_first=True)
+    last = removal_masks(grid, FRACTIONS, most_relevant_first=False)
+    assert first.shape == (10, 224, 224)
+    for step, fraction in enumerate(FRACTIONS):
+        removed = round(fraction * 196)
+        patch_kept = first[step, ::16, ::16].flatten()
+        assert patch_kept.sum() == 196 - removed
+        assert torch.all(patch_kept[196 - removed:] == 0) and torch.all(patch_kept[:196 - removed] == 1)
+        assert torch.all(last[step, ::16, ::16].flatten()[:removed] == 0)
+        assert torch.equal(first[step], first[step, ::16, ::16].repeat_interleave(16, 0).repeat_interleave(16, 1))
+
+
+def test_planted_true_map_is_more_faithful_than_random_and_inverted_maps():
+    from planted import RED_CLASS, draw_scene, planted_state_dict
+    weights = load_weights(planted_state_dict())
+    picture = draw_scene(224, 224, [("red", 40, 120, 64)])
+    x = to_input(picture)
+    _, maps = explain(weights, x[None], ("mean",), 0.0, RED_CLASS)
+    true = maps["mean"][0]
+    grids = {"true": true, "inverted": 1 - true,
+             "random": torch.rand(14, 14, generator=torch.Generator().manual_seed(0))}
+    scores = perturbation_test(weights, x, grids, RED_CLASS)
+    assert set(scores) == set(grids)
+    assert all(len(s["positive"]) == len(FRACTIONS) for s in scores.values())
+    for other in ("inverted", "random"):
+        assert scores["true"]["positive_auc"] < scores[other]["positive_auc"]
+        assert scores["true"]["negative_auc"] > scores[other]["negative_auc"]
+    assert scores["true"]["positive"][0] == scores["true"]["negative"][0]  # x = 0: nothing removed
+
+
+def test_per_layer_figure_has_the_expected_panels_and_size():
+    picture = np.random.default_rng(0).integers(0, 256, (150, 300, 3), dtype=np.uint8)
+    by_layer = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(1))
+    own = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(2))
+    figure = layer_figure(picture, by_layer, own, height=100, gap=8)
+    assert figure.shape == (2 * 100 + 8, 12 * 200 + 11 * 8, 3)
+    small = resize(picture, 100)
+    for row, grids in enumerate((by_layer, own)):
+        for layer in (0, 5, 11):
+            top, left = row * 108, layer * 208
+            expected = overlay(small, upsample(grids[layer], (100, 200)))
+            np.testing.assert_array_equal(figure[top:top + 100, left:left + 200], expected)
+    assert np.all(figure[100:108] == 255) and np.all(figure[:, 200:208] == 255)  # white gaps
+
+
+def run_script(script, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    from planted import RED_CLASS, draw_scene, planted_state_dict
+    from safetensors.torch import save_file
+    folder = tmp_path_factory.mktemp("evaluate")
+    save_file(planted_state_dict(), folder / "planted.safetensors")
+    Image.fromarray(draw_scene(200, 260, [("red", 30, 40, 50), ("blue", 110, 170, 50)])).save(folder / "two.png")
+    result = run_script("gradient_rollout.py", "--image", folder / "two.png", "--category", RED_CLASS,
+                        "--weights", folder / "planted.safetensors", "--head-fusion", "all",
+                        "--evaluate", "--per-layer", "--output-dir", folder / "out", cwd=folder)
+    return folder, result
+
+
+def test_evaluate_and_per_layer_write_their_files(planted_run):
+    folder, result = planted_run
+    assert result.returncode == 0, result.stderr
+    files = [Path(line) for line in result.stdout.splitlines() if line.startswith(str(folder))]
+    layers = [f for f in files if "layer" in f.name]
+    assert len(layers) == 3 and all(np.asarray(Image.open(f)).shape == (2 * 112 + 8, 12 * 146 + 11 * 8, 3)
+                                    for f in layers)
+    report = json.loads(next(f for f in files if f.suffix == ".json").read_text())
+    assert set(report["fusions"]) == {"mean", "min", "max"} and report["category"] == 87
+    for scores in report["fusions"].values():
+        assert scores["positive_auc"] == pytest.approx(auc(scores["fractions"], scores["positive"]))
+        assert scores["positive_auc"] < scores["negative_auc"]
+    plot = next(f for f in files if f.name.endswith("_evaluation.png"))
+    assert np.asarray(Image.open(plot)).ndim == 3
+    assert "positive AUC" in result.stdout and result.stdout.count("\n    m") == 3  # the table rows
+
+
+def test_without_matplotlib_the_evaluation_still_runs_and_says_why_no_plot(tmp_path, monkeypatch):
+    from deit_functional import cli
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert cli.save_curves_plot(tmp_path / "plot.png", {}) is False
+    assert not (tmp_path / "plot.png").exists()
