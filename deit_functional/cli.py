@@ -29,7 +29,8 @@ def parser_for(gradient):
         description=f"{what}. Writes, per picture, an overlay PNG at the picture's size (red = "
                     "most relevant) and the raw mask as .npy (float32, the picture's height x "
                     "width, values in [0, 1]), then prints the top-5 classes and every file written.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="Exit status: 0 done; 1 some pictures of several failed (each reported); "
+               "2 bad input or no weights, nothing written.")
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="picture file(s) or folder(s) of pictures "
                         f"({', '.join(sorted(s[1:] for s in PICTURE_SUFFIXES))})")
@@ -38,21 +39,24 @@ def parser_for(gradient):
                        help="ImageNet class to explain, 0..999 (e.g. 87 African grey parrot, 258 Samoyed)")
         p.add_argument("--method", choices=("rollout", "chefer"), default="rollout",
                        help="rollout: gradient-weighted attention rollout, rows renormalised; "
-                            "chefer: Chefer et al. 2021, R <- R + mean_h((grad*attn)+) R")
+                            "chefer: Chefer et al. 2021, R <- R + mean_h((grad*attn)+) R "
+                            "(default: %(default)s)")
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",), default="mean",
                    help="how each layer's 3 heads are combined; 'all' writes mean, min and max "
-                        "side by side in one picture")
-    p.add_argument("--discard-ratio", type=discard_ratio, default=0.9, metavar="R",
+                        "side by side in one picture (default: %(default)s)")
+    p.add_argument("--discard-ratio", type=discard_ratio, metavar="R",
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); "
-                        "the attention to the class token is never discarded")
+                        "the attention to the class token is never discarded (default: 0.9"
+                        + (", or 0 with --method chefer, as in the paper)" if gradient else ")"))
     p.add_argument("--weights", type=Path, metavar="FILE",
                    help="local checkpoint (.pth, .bin or .safetensors); default: timm's pretrained "
                         "weights from the local cache, or downloaded")
     p.add_argument("--output-dir", type=Path, default=Path(DEFAULT_OUTPUT_DIR), metavar="DIR",
-                   help="folder for the results, created if missing; existing files are never overwritten")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+                   help="folder for the results, created if missing; existing files are never "
+                        "overwritten (default: ./%(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                   help="pictures per forward pass")
+                   help="pictures per forward pass (default: %(default)s)")
     p.add_argument("--save-grid", action="store_true",
                    help="also save the 14x14 patch map as <name>_grid.npy")
     p.add_argument("--per-layer", action="store_true",
@@ -165,6 +169,8 @@ def output_tag(args, gradient):
 def main(gradient, argv=None):
     parser = parser_for(gradient)
     args = parser.parse_args(argv)
+    if args.discard_ratio is None:
+        args.discard_ratio = 0.0 if gradient and args.method == "chefer" else 0.9
     try:
         return run(args, gradient)
     except UsageError as error:
@@ -212,7 +218,7 @@ def run(args, gradient):
             failures += 1
             print(f"cannot write results: {error}", file=sys.stderr)
 
-    with ThreadPoolExecutor(2) as decoder, ThreadPoolExecutor(1) as writer, \
+    with ThreadPoolExecutor(2) as decoder, ThreadPoolExecutor(2) as writer, \
             tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
         writes = []
         for batch in prefetched(paths, args.batch_size, decoder, decode):

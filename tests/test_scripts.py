@@ -80,7 +80,7 @@ def test_chefer_method_is_selectable(tmp_path, photo, checkpoint):
     result = run(GRADIENT, "--image", photo, "--category", "3", "--method", "chefer",
                  "--weights", checkpoint, "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert all("chefer_mean" in f.name for f in written(result.stdout))
+    assert all("chefer_mean_discard0_category3" in f.name for f in written(result.stdout))  # paper: no discard
 
 
 @pytest.mark.parametrize("name, make", [

@@ -1,0 +1,51 @@
+"""Drawing: colours, blending, pixel alignment of the upsampled mask, safe writing."""
+import numpy as np
+import pytest
+import torch
+
+from deit_functional.render import jet, overlay, save_npy, side_by_side, upsample, write_atomically
+
+
+def test_jet_runs_from_dark_blue_to_dark_red():
+    colours = jet(np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_array_equal(colours, [[0, 0, 128], [128, 255, 128], [128, 0, 0]])
+
+
+def test_overlay_is_the_half_blend_of_picture_and_colours():
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    mask = rng.random((30, 40), dtype=np.float32)
+    exact = 0.5 * picture + 0.5 * jet(mask).astype(np.float64)
+    blended = overlay(picture, mask)
+    assert blended.dtype == np.uint8 and blended.shape == picture.shape
+    assert np.abs(blended - exact).max() <= 2.5  # colours are looked up at 256 levels
+
+
+def test_upsampled_mask_is_pixel_aligned_with_the_whole_picture():
+    grid = torch.zeros(14, 14)
+    grid[3, 10] = 1  # one hot patch: rows 3/14..4/14, columns 10/14..11/14 of the picture
+    height, width = 280, 420  # 20 x 30 pixels per patch
+    mask = upsample(grid, (height, width))
+    assert mask.shape == (height, width) and mask.dtype == np.float32
+    assert 0 <= mask.min() and mask.max() <= 1
+    y, x = np.unravel_index(mask.argmax(), mask.shape)
+    assert 60 <= y < 80 and 300 <= x < 330
+    assert mask[:40].max() == 0 and mask[:, :270].max() == 0  # nothing far from the patch
+
+
+def test_side_by_side_puts_white_gaps_between_panels():
+    a, b = np.zeros((5, 4, 3), np.uint8), np.ones((5, 6, 3), np.uint8)
+    joined = side_by_side([a, b], gap=2)
+    assert joined.shape == (5, 12, 3) and np.all(joined[:, 4:6] == 255)
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path):
+    def fails(path):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "result.npy", fails)
+    assert list(tmp_path.iterdir()) == []
+    save_npy(tmp_path / "mask.npy", np.ones(3, np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.npy"]
