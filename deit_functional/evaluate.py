@@ -41,8 +41,9 @@ def removal_masks(grid, fractions=FRACTIONS, most_relevant_first=True):
 
 @torch.no_grad()
 def perturbation_test(weights, image, grids, category, fractions=FRACTIONS):
-    """One (3, 224, 224) input and maps {name: (G, G)} -> {name: {"positive": [...],
-    "negative": [...], "positive_auc": a, "negative_auc": b}} of the class's probability.
+    """One (3, 224, 224) input and maps {name: (G, G)} -> {name: {"fractions": [...],
+    "positive": [...], "negative": [...], "positive_auc": a, "negative_auc": b}}: the class's
+    probability after each step, and the areas under the two curves.
 
     Every step of every map and both orders go through the model as one batch.
     """

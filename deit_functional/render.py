@@ -1,5 +1,6 @@
 """Drawing an explanation over the original picture, and writing results safely."""
 import os
+import struct
 import zlib
 from pathlib import Path
 
@@ -82,10 +83,32 @@ def write_atomically(path, save):
         temporary.unlink(missing_ok=True)
 
 
+def encode_png(picture):
+    """(H, W, 3) uint8 -> the bytes of an RGB PNG file.
+
+    Each row is stored with PNG's "Up" filter (its difference from the row above) and deflated
+    with zlib's run-length strategy. Pillow's encoder tries filters per row and searches for
+    matches: ~2.5x slower on photos for files ~15% smaller, and writing the overlay was the
+    costliest step of a folder run after the model itself (bench/).
+    """
+    height, width, _ = picture.shape
+    rows = picture.reshape(height, width * 3)
+    filtered = np.empty((height, 1 + width * 3), np.uint8)
+    filtered[:, 0] = 2  # filter type Up
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = deflate.compress(filtered.tobytes()) + deflate.flush()
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
 def save_png(path, picture):
-    import imageio.v3 as iio
-    # zlib's Huffman-only strategy: several times faster than the default, files ~8% larger
-    write_atomically(path, lambda p: iio.imwrite(p, picture, extension=".png", compress_type=zlib.Z_HUFFMAN_ONLY))
+    write_atomically(path, lambda p: Path(p).write_bytes(encode_png(picture)))
 
 
 def save_npy(path, array):

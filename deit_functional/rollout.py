@@ -8,9 +8,10 @@ Attention Rollout -- Abnar & Zuidema, "Quantifying Attention Flow in Transformer
     R_0 = I, R_l = Ã_l R_{l-1}; the explanation is R_L's CLS row over the G*G patches.
   Why renormalise: mean fusion keeps rows summing to 1 (then it only halves, as Abnar's
   0.5*A + 0.5*I), but min and max fusion do not, and without it those rows would grow or shrink
-  layer after layer. Why column 0 is never discarded: it is how much every token reads the
-  CLS token, the channel through which patch information reaches the classifier; zeroing it
-  would cut rows off from the CLS path instead of removing noise.
+  layer after layer. Why column 0 is never discarded: entry (i, 0) is how much token i reads
+  the CLS token, and in the product those entries carry relevance back through the earlier
+  layers' CLS token. They are often small, so one threshold over the whole map would zero them
+  first and cut that route, where discarding is meant to drop noise among the patch entries.
 
 Gradient Rollout -- the same product, with each layer's map weighted by the gradient of one
 class's logit (Gildenblat's vit-explain; cf. Chefer et al. 2021):
@@ -48,8 +49,9 @@ def fuse_heads(maps, head_fusion="mean"):
 def discard_lowest(fused, discard_ratio):
     """Zero, per image, the lowest ``discard_ratio`` share of the entries outside column 0.
 
-    (B, N, N) -> (B, N, N), a new tensor. Entries equal to the threshold go too (ties). Column 0
-    (attention to CLS) is kept whole: see the module docstring.
+    (B, N, N) -> (B, N, N), a new tensor (the input itself when nothing is to go). Entries equal
+    to the threshold go too (ties). Column 0 (attention to CLS) is kept whole: see the module
+    docstring.
     """
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
@@ -68,8 +70,8 @@ def kth_smallest(values, k):
     On the CPU numpy's partition is used: its SIMD selection is ~5x faster than torch.kthvalue
     there (bench/), and this threshold is the costliest step of the whole rollout.
     """
-    if values.device.type == "cpu":
-        return torch.from_numpy(np.partition(values.numpy(), k - 1, axis=1)[:, k - 1])
+    if values.device.type == "cpu":  # a threshold needs no gradient: detach for numpy
+        return torch.from_numpy(np.partition(values.detach().numpy(), k - 1, axis=1)[:, k - 1])
     return values.kthvalue(k, dim=1).values
 
 

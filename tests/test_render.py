@@ -49,3 +49,14 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
     save_npy(tmp_path / "mask.npy", np.ones(3, np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["mask.npy"]
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (7, 13), (300, 451)])
+def test_encoded_png_decodes_to_the_same_pixels(height, width):
+    import imageio.v3 as iio
+    from deit_functional.render import encode_png
+    picture = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(iio.imread(encode_png(picture), extension=".png"), picture)
+    flat = np.full((height, width, 3), 77, np.uint8)
+    np.testing.assert_array_equal(iio.imread(encode_png(flat), extension=".png"), flat)
+    assert len(encode_png(flat)) < 200 + height * width // 20  # runs compress

@@ -186,3 +186,11 @@ def test_kth_smallest_equals_torch_kthvalue():
     values[2, :500] = 0.25  # ties
     for k in (1, 2, 499, 500, 501, 900, 1000):
         assert torch.equal(kth_smallest(values, k), values.kthvalue(k, dim=1).values)
+
+
+def test_rollouts_accept_maps_straight_from_a_retain_grad_forward(weights, images):
+    logits, attentions = forward(weights, images[:1], retain_grad=True)
+    logits[0, 87].backward()
+    gradients = [a.grad for a in attentions]
+    for maps in (attention_rollout(attentions, "max", 0.9), gradient_rollout(attentions, gradients, "mean", 0.9)):
+        assert maps.shape == (1, G, G) and torch.isfinite(maps).all()

@@ -1,0 +1,248 @@
+"""What an explanation costs, against timm's own forward passes, in one run.
+
+    python bench/benchmark.py            # batch 1 and 32 (and 64 for memory), CPU and CUDA if present
+    python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
+
+Every row runs on the same seeded random weights and inputs. Times are medians of interleaved
+repeats (the rows take turns, so drift on a noisy machine hits them alike); ratios are to
+timm's fused forward ("floor") and to its unfused forward (the attention maps materialised,
+the arithmetic any attention-map method needs). Peak memory is measured in a fresh process
+per row: the resident-set peak over the call (CPU, /proc) or torch's peak allocation (CUDA).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deit_functional import explain, load_weights  # noqa: E402
+
+CATEGORY = 87
+
+
+def random_timm_model(device):
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.to(device)
+
+
+def set_fused(model, fused):
+    for blk in model.blocks:
+        blk.attn.fused_attn = fused
+
+
+def hook_based_rollout(model, images, discard_ratio=0.9):
+    """The way users copy today (cf. vit-explain): fused attention off, forward hooks on
+    attn_drop, then a per-layer loop of full N x N matrix products. Benchmark only: the package
+    has no hooks. (Discard here is per image, fixing the copied code's image-0-only bug.)"""
+    maps = []
+    handles = [blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o))
+               for blk in model.blocks]
+    try:
+        with torch.no_grad():
+            model(images)
+            B, _, N, _ = maps[0].shape
+            eye = torch.eye(N, device=images.device)
+            result = eye.expand(B, N, N)
+            for attention in maps:
+                fused = attention.amax(dim=1)
+                cls_column = fused[:, :, 0].clone()
+                flat = fused.view(B, -1)
+                _, lowest = flat.topk(int(flat.shape[-1] * discard_ratio), dim=-1, largest=False)
+                flat.scatter_(1, lowest, 0)
+                fused[:, :, 0] = cls_column  # the CLS column is never discarded
+                a = (fused + eye) / 2
+                a = a / a.sum(dim=-1, keepdim=True)
+                result = a @ result
+            mask = result[:, 0, 1:]
+            return mask / mask.amax(dim=-1, keepdim=True)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def rows(device):
+    """name -> function of the input batch. Built once per device."""
+    model = random_timm_model(device)
+    weights = load_weights(model, device=device)
+
+    def timm_fused(x):
+        set_fused(model, True)
+        with torch.no_grad():
+            return model(x)
+
+    def timm_fused_backward(x):
+        set_fused(model, True)
+        model.zero_grad(set_to_none=True)
+        model(x)[:, CATEGORY].sum().backward()
+
+    def timm_unfused(x):
+        set_fused(model, False)
+        with torch.no_grad():
+            return model(x)
+
+    def hooks(x):
+        set_fused(model, False)
+        return hook_based_rollout(model, x)
+
+    return {
+        "timm fused forward (floor)": timm_fused,
+        "timm fused forward+backward": timm_fused_backward,
+        "timm unfused forward": timm_unfused,
+        "hook-based rollout (timm unfused + hooks)": hooks,
+        "ours: attention rollout (max, discard 0.9)": lambda x: explain(weights, x, ("max",), 0.9),
+        "ours: gradient rollout (mean, discard 0.9)": lambda x: explain(weights, x, ("mean",), 0.9, CATEGORY),
+    }
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_rows(device, batch, repeats):
+    functions = rows(device)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    times = {name: [] for name in functions}
+    for name, fn in functions.items():  # warm up
+        fn(x)
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            sync(device)
+            start = time.perf_counter()
+            fn(x)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory_mb(device, batch, name):
+    """Run one row once in a fresh process; its extra peak memory in MB."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import benchmark; "
+            f"print(benchmark._measure_memory({str(device)!r}, {batch}, {name!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_memory(device, batch, name):
+    device = torch.device(device)
+    fn = rows(device)[name]
+    x = torch.randn(batch, 3, 224, 224).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn(x)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    status = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+    before = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size
+    fn(x)
+    return (status("VmHWM:") - before) / 1024
+
+
+def table(device, batch, repeats, memory):
+    medians = time_rows(device, batch, repeats)
+    floor = medians["timm fused forward (floor)"]
+    unfused = medians["timm unfused forward"]
+    lines = [f"\n{device.type}, batch {batch} ({repeats} interleaved repeats, median)",
+             "| | ms/image | images/s | × fused fwd | × unfused fwd |" + (" peak MB |" if memory else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if memory else "")]
+    for name, seconds in medians.items():
+        line = (f"| {name} | {1000 * seconds / batch:.1f} | {batch / seconds:.1f} | "
+                f"{seconds / floor:.2f} | {seconds / unfused:.2f} |")
+        if memory:
+            line += f" {peak_memory_mb(device, batch, name):.0f} |"
+        lines.append(line)
+    print("\n".join(lines), flush=True)
+    return medians
+
+
+def run_seconds(command):
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def script_rows(repeats, folder_size, workdir):
+    """Whole processes: the one-image job ours vs the hook-based way, and two folders."""
+    import shutil
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = workdir / "weights.pth"
+    torch.save(random_timm_model(torch.device("cpu")).state_dict(), checkpoint)
+    photos = sorted((ROOT / "images").glob("*.jpg"))
+    for size in (folder_size, 2 * folder_size):
+        folder = workdir / f"pictures{size}"
+        folder.mkdir(exist_ok=True)
+        for i in range(size):  # the sample photos, over and over
+            shutil.copy(photos[i % len(photos)], folder / f"{i:03d}.jpg")
+    ours = [sys.executable, str(ROOT / "attention_rollout.py"), "--weights", str(checkpoint)]
+    hooks = [sys.executable, str(ROOT / "bench" / "hook_based_script.py"), "--weights", str(checkpoint)]
+    commands = {
+        "one picture, hook-based script with timm": hooks + ["--image", str(photos[0])],
+        "one picture, attention_rollout.py": ours + ["--image", str(photos[0])],
+        f"folder of {folder_size}": ours + ["--image", str(workdir / f"pictures{folder_size}")],
+        f"folder of {2 * folder_size}": ours + ["--image", str(workdir / f"pictures{2 * folder_size}")],
+    }
+    times = {name: [] for name in commands}
+    for repeat in range(repeats):
+        for index, (name, command) in enumerate(commands.items()):
+            times[name].append(run_seconds(command + ["--output-dir", str(workdir / f"out{repeat}-{index}")]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def script_table(repeats, folder_size, floor_ms):
+    """Print the whole-process table; ``floor_ms``: timm's fused forward, ms/image at batch 32."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        medians = script_rows(repeats, folder_size, Path(tmp))
+    (hooks_name, hooks), (ours_name, ours), (small_name, small), (large_name, large) = medians.items()
+    # the extra pictures of the larger folder: start-up, first decode and last write cancel out
+    per_picture_ms = 1000 * (large - small) / folder_size
+    print(f"\nwhole processes, CPU, local weights file, the sample photos ({repeats} interleaved "
+          "repeats, median)\n| | wall s | ratio |\n|---|---:|---:|\n"
+          f"| {hooks_name} | {hooks:.2f} | 1.00 |\n"
+          f"| {ours_name} | {ours:.2f} | {ours / hooks:.2f} × hook-based |\n"
+          f"| {small_name} | {small:.2f} | |\n| {large_name} | {large:.2f} | |\n"
+          f"| once started, per picture (decode + explain + write) | {per_picture_ms / 1000:.4f} | "
+          f"{per_picture_ms / floor_ms:.2f} × timm fused forward at batch 32 |", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny batches, one repeat (CI)")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    for device in devices:
+        if args.smoke:
+            floor = table(device, 2, 1, memory=False)["timm fused forward (floor)"] / 2
+            continue
+        table(device, 1, args.repeats, memory=False)
+        medians = table(device, 32, max(3, args.repeats // 3), memory=False)
+        if device.type == "cpu":
+            floor = medians["timm fused forward (floor)"] / 32
+        table(device, 64, 1, memory=True)
+    script_table(1 if args.smoke else 5, 3 if args.smoke else 96, 1000 * floor)
+
+
+if __name__ == "__main__":
+    main()
