@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Regenerate every figure of docs/walkthrough.md into docs/figures/: python docs/make_figures.py
+
+Deterministic and offline. Pretrained DeiT weights are not available on the build machines, so
+the figures use the planted-attention model of tests/planted.py, whose right explanation is known
+by construction; figure (e) uses seeded random weights, labelled as such, to show what a map from
+a model that has learnt nothing looks like. Only deit_functional's public functions and
+tests/planted.py are used. Prints each figure's path and size, and the numbers the text quotes.
+"""
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from deit_functional import load_image, load_weights, to_input  # noqa: E402
+from deit_functional.evaluate import perturbation_test  # noqa: E402
+from deit_functional.explain import explain, explain_by_layer  # noqa: E402
+from deit_functional.render import (layer_figure, overlay, resize, side_by_side, stacked,  # noqa: E402
+                                    upsample, write_atomically)
+from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
+from deit_functional.weights import expected_shapes  # noqa: E402
+from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict  # noqa: E402
+
+FIGURES = ROOT / "docs" / "figures"
+# One scene for every planted figure: 210 x 280 pixels (not square, so the whole-picture resize
+# to 224 x 224 and the stretch back in render.upsample are exercised), a red square of side 70 at
+# (top 30, left 40) and a smaller blue square of side 50 at (top 110, left 170), neither aligned
+# to the 15 x 20-pixel patches. The red square is the larger, so the model's top class is RED_CLASS.
+HEIGHT, WIDTH = 210, 280
+SQUARES = [("red", 30, 40, 70), ("blue", 110, 170, 50)]
+DISCARD = 0.0  # the library default; the command line's is 0.9 (0 with --method chefer)
+
+
+def panels(picture, grids, backdrop=None):
+    """The picture, then each (G, G) map drawn at the picture's size over ``backdrop``
+    (default: the picture itself)."""
+    backdrop = picture if backdrop is None else backdrop
+    return [picture] + [overlay(backdrop, upsample(g, picture.shape[:2])) for g in grids]
+
+
+def grey(picture):
+    """A grey copy of an (H, W, 3) uint8 picture, for drawing maps over the planted scene: on the
+    saturated squares themselves the JET colours would mix with red and blue and be hard to read."""
+    luma = picture.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat((luma + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def figure_a(weights, picture, x):
+    """Attention Rollout with the three head fusions: mean, min, max."""
+    logits, maps = explain(weights, x[None], HEAD_FUSIONS, DISCARD)
+    grids = [maps[f][0] for f in HEAD_FUSIONS]
+    save("a_attention_rollout_fusions.png", side_by_side(panels(picture, grids, grey(picture))))
+    spread = max(float((maps[f] - maps["mean"]).abs().max()) for f in HEAD_FUSIONS)
+    probability = logits.softmax(dim=-1)[0]
+    print(f"  top class {int(logits[0].argmax())}; p(red class {RED_CLASS}) = {probability[RED_CLASS]:.3f}, "
+          f"p(blue class {BLUE_CLASS}) = {probability[BLUE_CLASS]:.2g}; "
+          f"largest difference between the fusions' maps: {spread:.1e}")
+
+
+def figure_b(weights, picture, x):
+    """Top row: Gradient Rollout for RED_CLASS and for BLUE_CLASS. Bottom row: Chefer's rule."""
+    rows = []
+    for rule in ("rollout", "chefer"):
+        grids = [explain(weights, x[None], ("mean",), DISCARD, category, rule)[1]["mean"][0]
+                 for category in (RED_CLASS, BLUE_CLASS)]
+        rows.append(side_by_side(panels(picture, grids, grey(picture))))
+    save("b_gradient_red_vs_blue.png", stacked(rows))
+
+
+def figure_c(weights, picture, x):
+    """Per layer, Attention Rollout: rollout after layers 1..12 (top), each layer's own CLS row."""
+    _, by_layer, own = explain_by_layer(weights, x[None], "mean", DISCARD)
+    save("c_per_layer.png", layer_figure(grey(picture), by_layer[:, 0], own[:, 0], height=84, gap=4))
+    change = float((by_layer - by_layer[-1]).abs().max())
+    print(f"  largest difference between any layer's rollout and the last one: {change:.1e}")
+
+
+def figure_d(weights, x):
+    """Perturbation test for RED_CLASS: the Gradient Rollout map, a random map, the inverted map."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    true = explain(weights, x[None], ("mean",), DISCARD, RED_CLASS)[1]["mean"][0]
+    random = torch.rand(true.shape, generator=torch.Generator().manual_seed(0))
+    # The test only uses the ranking; -true reverses it exactly. (1 - true would tie every
+    # patch whose value is below float32's resolution next to 1 at exactly 1.)
+    grids = {"Gradient Rollout (red)": true, "random map (seed 0)": random, "inverted map": -true}
+    scores = perturbation_test(weights, x, grids, RED_CLASS)
+
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    styles = {"Gradient Rollout (red)": ("C3", "o"), "random map (seed 0)": ("0.45", "s"),
+              "inverted map": ("C0", "^")}
+    for ax, order, title in zip(axes, ("positive", "negative"),
+                                ("most relevant removed first (low AUC = faithful)",
+                                 "least relevant removed first (high AUC = faithful)")):
+        for name, s in scores.items():
+            colour, marker = styles[name]
+            ax.plot(s["fractions"], s[order], color=colour, marker=marker, markersize=4,
+                    label=f"{name}: AUC {s[order + '_auc']:.3f}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("share of the 196 patches removed", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    axes[0].set_ylabel(f"p(class {RED_CLASS})", fontsize=9)
+    figure.tight_layout()
+    path = FIGURES / "d_perturbation_test.png"
+    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=90, metadata={"Software": None}))
+    plt.close(figure)
+    report(path)
+    for name, s in scores.items():
+        print(f"  {name:24} positive {np.round(s['positive'], 3).tolist()}  AUC {s['positive_auc']:.4f}")
+        print(f"  {'':24} negative {np.round(s['negative'], 3).tolist()}  AUC {s['negative_auc']:.4f}")
+
+
+def random_state_dict(seed=0):
+    """Seeded random DeiT-tiny weights: N(0, 0.02^2) matrices and embeddings, zero biases,
+    LayerNorms at scale 1 -- a model that has learnt nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in expected_shapes().items():
+        if key.endswith(".bias"):
+            state[key] = torch.zeros(shape)
+        elif "norm" in key:
+            state[key] = torch.ones(shape)
+        else:
+            state[key] = torch.randn(shape, generator=generator) * 0.02
+    return state
+
+
+def figure_e():
+    """RANDOM weights on images/cat.jpg: Attention Rollout (mean) with discard 0 and with 0.9."""
+    weights = load_weights(random_state_dict())
+    x, picture = load_image(ROOT / "images" / "cat.jpg")
+    small = resize(picture, 128)
+    grids = [explain(weights, x[None], ("mean",), ratio)[1]["mean"][0] for ratio in (0.0, 0.9)]
+    save("e_random_weights_cat.png", side_by_side(panels(small, grids)))
+    print(f"  random weights: smallest patch value of the max-1 map: discard 0 -> {grids[0].min():.3f}, "
+          f"discard 0.9 -> {grids[1].min():.3f}")
+
+
+def save(name, picture):
+    """Write a PNG at full zlib compression (render.save_png favours speed over size)."""
+    import imageio.v3 as iio
+
+    path = FIGURES / name
+    write_atomically(path, lambda p: iio.imwrite(p, picture, extension=".png", compress_level=9))
+    report(path)
+
+
+def report(path):
+    size = path.stat().st_size
+    print(f"{path.relative_to(ROOT)}  {size / 1024:.0f} KB")
+    if size > 150 * 1024:
+        raise SystemExit(f"{path} is over 150 KB")
+
+
+def main():
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    weights = load_weights(planted_state_dict())
+    picture = draw_scene(HEIGHT, WIDTH, SQUARES)
+    x = to_input(picture)
+    figure_a(weights, picture, x)
+    figure_b(weights, picture, x)
+    figure_c(weights, picture, x)
+    figure_d(weights, x)
+    figure_e()
+    print(f"done in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
