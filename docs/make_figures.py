@@ -7,6 +7,7 @@ by construction; figure (e) uses seeded random weights, labelled as such, to sho
 a model that has learnt nothing looks like. Only deit_functional's public functions and
 tests/planted.py are used. Prints each figure's path and size, and the numbers the text quotes.
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -155,12 +156,16 @@ def save(name, picture):
 
 def report(path):
     size = path.stat().st_size
-    print(f"{path.relative_to(ROOT)}  {size / 1024:.0f} KB")
+    print(f"{path}  {size / 1024:.0f} KB")
     if size > 150 * 1024:
         raise SystemExit(f"{path} is over 150 KB")
 
 
 def main():
+    global FIGURES
+    parser = argparse.ArgumentParser(description="Regenerate the walkthrough's figures.")
+    parser.add_argument("--output-dir", type=Path, default=FIGURES, help="default: docs/figures")
+    FIGURES = parser.parse_args().output_dir
     start = time.perf_counter()
     torch.manual_seed(0)
     FIGURES.mkdir(parents=True, exist_ok=True)
