@@ -206,8 +206,8 @@ def script_rows(repeats, folder_size, workdir):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def script_table(repeats, folder_size, floor_ms):
-    """Print the whole-process table; ``floor_ms``: timm's fused forward, ms/image at batch 32."""
+def script_table(repeats, folder_size, floor_ms, floor_batch):
+    """Print the whole-process table; ``floor_ms``: timm's fused forward, ms/image at ``floor_batch``."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         medians = script_rows(repeats, folder_size, Path(tmp))
@@ -220,7 +220,14 @@ def script_table(repeats, folder_size, floor_ms):
           f"| {ours_name} | {ours:.2f} | {ours / hooks:.2f} × hook-based |\n"
           f"| {small_name} | {small:.2f} | |\n| {large_name} | {large:.2f} | |\n"
           f"| once started, per picture (decode + explain + write) | {per_picture_ms / 1000:.4f} | "
-          f"{per_picture_ms / floor_ms:.2f} × timm fused forward at batch 32 |", flush=True)
+          f"{per_picture_ms / floor_ms:.2f} × timm fused forward at batch {floor_batch} |", flush=True)
+
+
+def cpu_name():
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main():
@@ -230,18 +237,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)" + (f", {torch.cuda.get_device_name()}" if len(devices) > 1 else ""))
+    batch = 2 if args.smoke else 32
     for device in devices:
-        if args.smoke:
-            floor = table(device, 2, 1, memory=False)["timm fused forward (floor)"] / 2
-            continue
-        table(device, 1, args.repeats, memory=False)
-        medians = table(device, 32, max(3, args.repeats // 3), memory=False)
+        if not args.smoke:
+            table(device, 1, args.repeats, memory=False)
+        medians = table(device, batch, 1 if args.smoke else max(3, args.repeats // 2), memory=False)
         if device.type == "cpu":
-            floor = medians["timm fused forward (floor)"] / 32
-        table(device, 64, 1, memory=True)
-    script_table(1 if args.smoke else 5, 3 if args.smoke else 96, 1000 * floor)
+            floor_ms = 1000 * medians["timm fused forward (floor)"] / batch
+        if not args.smoke:
+            table(device, 64, 1, memory=True)
+    script_table(1 if args.smoke else 5, 3 if args.smoke else 64, floor_ms, batch)
 
 
 if __name__ == "__main__":
