@@ -23,6 +23,9 @@ STD = (0.229, 0.224, 0.225)
 INTERPOLATION = "bicubic"
 
 
+OTHER_COLOUR_MODELS = {"CMYK", "YCbCr"}  # Pillow's names; both convert exactly to RGB
+
+
 class ImageError(ValueError):
     """A file that cannot be used as a picture; the message names the file and the problem."""
 
@@ -30,15 +33,20 @@ class ImageError(ValueError):
 def read_picture(path):
     """Decode an image file into an (H, W, 3) uint8 RGB array.
 
-    Greyscale, palette, 1-bit, 16-bit, alpha and multi-frame files are accepted: the first
-    frame is taken, alpha is composited over white, 16-bit values are scaled to 8 bits.
+    Greyscale, palette, 1-bit, 16-bit, float, alpha, CMYK, YCbCr and multi-frame files are
+    accepted: the first frame is taken, alpha is composited over white, 16-bit values are scaled
+    to 8 bits, float values to [0, 1] (by their maximum, where it exceeds 1).
     """
     import imageio.v3 as iio  # imported here: its plugin machinery costs ~0.2 s at start-up
 
     try:
         with warnings.catch_warnings():  # imageio warns about its legacy plugins while probing
             warnings.simplefilter("ignore")
-            pixels = np.asarray(iio.imread(path, index=0))
+            with iio.imopen(path, "r") as image:
+                # Pillow hands over CMYK and YCbCr channels as they are stored: convert them
+                colour_model = image.metadata(index=0).get("mode")
+                converted = {"mode": "RGB"} if colour_model in OTHER_COLOUR_MODELS else {}
+                pixels = np.asarray(image.read(index=0, **converted))
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -61,6 +69,7 @@ def _to_rgb8(pixels, path):
     elif pixels.dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
     elif pixels.dtype.kind == "f":
+        pixels = np.nan_to_num(pixels, nan=0.0) / max(1.0, float(np.nanmax(pixels)))
         pixels = (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
     elif pixels.dtype != np.uint8:
         raise ImageError(f"{path}: unsupported pixel type {pixels.dtype}")

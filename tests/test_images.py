@@ -31,14 +31,16 @@ RGB = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     ("frames.gif", lambda p: Image.fromarray(RGB).quantize(256).save(p, save_all=True,
                                                                       append_images=[Image.new("P", (50, 40))]), None),
     ("lossless.webp", lambda p: Image.fromarray(RGB).save(p, lossless=True), RGB),
+    ("print.jpg", lambda p: Image.fromarray(RGB).convert("CMYK").save(p, quality=100), None),
 ])
 def test_every_file_flavour_decodes_to_rgb8(tmp_path, name, save, expected):
     path = tmp_path / name
     save(path)
     picture = read_picture(path)
     assert picture.shape == (40, 50, 3) and picture.dtype == np.uint8
-    if expected is None:  # palette files: compare with the palette applied by PIL itself
+    if expected is None:  # palette, CMYK: compare with PIL's own conversion to RGB
         expected = np.asarray(Image.open(path).convert("RGB"))
+        assert np.abs(picture.astype(int) - RGB).mean() < 40  # and it is still the same picture
     np.testing.assert_array_equal(picture, expected)
 
 
@@ -68,6 +70,13 @@ def test_bad_files_are_refused_naming_the_file(tmp_path, content, message):
     with pytest.raises(ImageError, match=message) as caught:
         read_picture(path)
     assert str(path) in str(caught.value)
+
+
+def test_float_pictures_are_scaled_to_their_range(tmp_path):
+    from deit_functional.images import _to_rgb8
+    unit = np.linspace(0, 1, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
+    np.testing.assert_array_equal(_to_rgb8(unit, "unit"), _to_rgb8(unit * 255, "bytes"))
+    assert _to_rgb8(unit, "unit").max() == 255 and _to_rgb8(unit, "unit").min() == 0
 
 
 def test_truncated_file_is_refused(tmp_path):
