@@ -9,9 +9,10 @@ import ctypes
 import ctypes.util
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .explain import GRADIENT_RULES
 from .model import CLASSES
 from .rollout import HEAD_FUSIONS
 
@@ -39,7 +40,7 @@ def parser_for(gradient):
     if gradient:
         p.add_argument("--category", type=category_index, required=True, metavar="INDEX",
                        help="ImageNet class to explain, 0..999 (e.g. 87 African grey parrot, 258 Samoyed)")
-        p.add_argument("--method", choices=("rollout", "chefer"), default="rollout",
+        p.add_argument("--method", choices=GRADIENT_RULES, default="rollout",
                        help="rollout: gradient-weighted attention rollout, rows renormalised; "
                             "chefer: Chefer et al. 2021, R <- R + mean_h((grad*attn)+) R "
                             "(default: %(default)s)")
@@ -63,7 +64,7 @@ def parser_for(gradient):
                    help="also save the 14x14 patch map as <name>_grid.npy")
     p.add_argument("--per-layer", action="store_true",
                    help="also write <name>_layers.png: top row, the rollout after layers 1..12 "
-                        "(left to right); bottom row, each layer's own class-token attention")
+                        "(left to right); bottom row, each layer's raw class-token attention, heads fused")
     p.add_argument("--evaluate", action="store_true",
                    help="also score each fusion's faithfulness by the perturbation test of Chefer "
                         "et al. 2021 (probability of the " + ("--category" if gradient else "predicted")
@@ -73,34 +74,23 @@ def parser_for(gradient):
     return p
 
 
-def category_index(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < CLASSES:
-        raise argparse.ArgumentTypeError(f"{value} is not an ImageNet class index (0..{CLASSES - 1})")
-    return value
+def bounded(kind, low, high, meaning):
+    """An argparse type: ``kind(text)``, refused unless low <= value < high (nan never is)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: "
+                                             f"{text!r}") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"{text} is {meaning}")
+        return value
+    return parse
 
 
-def discard_ratio(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1)")
-    return value
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return value
+category_index = bounded(int, 0, CLASSES, f"not an ImageNet class index (0..{CLASSES - 1})")
+discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
+positive_int = bounded(int, 1, float("inf"), "not a positive integer")
 
 
 def collect_pictures(arguments):
@@ -138,7 +128,12 @@ def check_device(name):
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available here")
+        raise UsageError(f"--device {name}: no CUDA GPU is available here")
+    try:
+        torch.empty(0, device=device)  # e.g. cuda:1 on a one-GPU machine, or mps without Metal
+    except (RuntimeError, AssertionError) as error:
+        reason = str(error).splitlines()[0].split(". ")[0]
+        raise UsageError(f"--device {name} is not usable here ({reason})") from None
     return device
 
 
@@ -213,6 +208,7 @@ def run(args, gradient):
         except ImageError as error:
             return error
 
+    first = None
     if len(paths) == 1:  # one picture: every problem is found before anything is written
         first = decode(paths[0])
         if isinstance(first, ImageError):
@@ -241,7 +237,7 @@ def run(args, gradient):
     with ThreadPoolExecutor(2) as decoder, ThreadPoolExecutor(2) as writer, \
             tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
         decode_all = lambda batch: [decoder.submit(decode, p) for p in batch]
-        pending, writes = decode_all(batches[0]), []
+        pending, writes = decode_all(batches[0]) if first is None else [done(first)], []
         for index, batch in enumerate(batches):
             decoded = [f.result() for f in pending]
             next_batch = batches[index + 1] if index + 1 < len(batches) else []
@@ -256,7 +252,8 @@ def run(args, gradient):
                 images = torch.stack([x for _, (x, _) in good]).to(device)
                 results = explain_batch(weights, images, fusions, args, gradient)
                 for (path, (_, picture)), result in zip(good, results):
-                    writes.append(writer.submit(write_results, path, picture, result, names, args))
+                    targets = names.claim(path, output_kinds(result, args))  # here, not in a writer thread
+                    writes.append(writer.submit(write_results, path, picture, result, targets, args))
             if not overlap_model:
                 pending = decode_all(next_batch)
             while writes and (writes[0].done() or not overlap_model):  # print in order
@@ -270,23 +267,31 @@ def run(args, gradient):
     return 0
 
 
+def done(value):
+    """A future that already holds ``value``."""
+    future = Future()
+    future.set_result(value)
+    return future
+
+
 def explain_batch(weights, images, fusions, args, gradient):
     """Run the model on a batch -> one dict per picture of what write_results needs."""
     from .evaluate import perturbation_test
-    from .explain import explain, explain_by_layer
+    from .explain import rollouts, rollouts_by_layer, run_model
     from .labels import top_classes
 
     category = args.category if gradient else None
     rule = args.method if gradient else "rollout"
-    logits, maps = explain(weights, images, fusions, args.discard_ratio, category, rule)
+    logits, attentions, gradients = run_model(weights, images, category)  # once, for everything below
+    maps = rollouts(attentions, gradients, fusions, args.discard_ratio, rule)
     probabilities = logits.softmax(dim=-1).cpu()
     results = [{"report": top_classes(p), "grids": {f: m[row].cpu() for f, m in maps.items()}}
                for row, p in enumerate(probabilities)]
     if args.per_layer:
         for fusion in fusions:
-            _, by_layer, own = explain_by_layer(weights, images, fusion, args.discard_ratio, category, rule)
+            by_layer, raw = rollouts_by_layer(attentions, gradients, fusion, args.discard_ratio, rule)
             for row, result in enumerate(results):
-                result.setdefault("layers", {})[fusion] = (by_layer[:, row].cpu(), own[:, row].cpu())
+                result.setdefault("layers", {})[fusion] = (by_layer[:, row].cpu(), raw[:, row].cpu())
     if args.evaluate:
         for row, result in enumerate(results):
             target = category if gradient else int(probabilities[row].argmax())
@@ -305,13 +310,10 @@ def evaluation_lines(category, scores):
     return lines
 
 
-def write_results(path, picture, result, names, args):
-    """Write one picture's files (never over an existing one); returns the lines to print."""
-    from .render import layer_figure, overlay, save_json, save_npy, save_png, side_by_side, upsample
-
-    grids, layers, evaluation = result["grids"], result.get("layers", {}), result.get("evaluation")
-    several = len(grids) > 1
-    named = lambda fusion, ending: f"_{fusion}{ending}" if several else ending
+def output_kinds(result, args):
+    """{kind: file-name ending} of the files one picture's result is written to."""
+    grids, layers = result["grids"], result.get("layers", {})
+    named = lambda fusion, ending: f"_{fusion}{ending}" if len(grids) > 1 else ending
     kinds = {"overlay": ".png"}
     for fusion in grids:
         kinds[f"mask {fusion}"] = named(fusion, "_mask.npy")
@@ -319,13 +321,20 @@ def write_results(path, picture, result, names, args):
             kinds[f"grid {fusion}"] = named(fusion, "_grid.npy")
         if fusion in layers:
             kinds[f"layers {fusion}"] = named(fusion, "_layers.png")
-    if evaluation is not None:
+    if "evaluation" in result:
         kinds["evaluation"] = "_evaluation.json"
         kinds["plot"] = "_evaluation.png"
-    targets = names.claim(path, kinds)
+    return kinds
+
+
+def write_results(path, picture, result, targets, args):
+    """Write one picture's files to ``targets`` {kind: path}; returns the lines to print."""
+    from .render import join, layer_figure, overlay, save_json, save_npy, save_png, upsample
+
+    grids, layers, evaluation = result["grids"], result.get("layers", {}), result.get("evaluation")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     masks = {f: upsample(g, picture.shape[:2]) for f, g in grids.items()}
-    save_png(targets["overlay"], side_by_side([overlay(picture, m) for m in masks.values()]))
+    save_png(targets["overlay"], join([overlay(picture, m) for m in masks.values()]))
     for fusion, mask in masks.items():
         save_npy(targets[f"mask {fusion}"], mask)
         if args.save_grid:

@@ -146,6 +146,7 @@ def bad_inputs():
         ("negative discard ratio", args("--discard-ratio=-0.1"), "outside [0, 1)"),
         ("discard ratio nan", args("--discard-ratio", "nan"), "outside [0, 1)"),
         ("unknown fusion", args("--head-fusion", "median"), "invalid choice"),
+        ("batch size 0", args("--batch-size", "0"), "not a positive integer"),
         ("missing weights file", lambda tmp, photo, ckpt: ["--image", photo, "--weights", tmp / "no.pth"],
          "weights file not found"),
         ("wrong weights file", wrong_weights, "blocks.4.attn.proj.bias"),
@@ -154,6 +155,10 @@ def bad_inputs():
         ("no CUDA here", args("--device", "cuda") if not torch.cuda.is_available() else
          args("--device", "nonsense"), "cuda" if not torch.cuda.is_available() else "unknown device"),
     ]
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
 BAD_RUNS = [(script, *case) for script in (ATTENTION, GRADIENT) for case in bad_inputs()
@@ -166,12 +171,12 @@ def test_bad_input_one_message_exit_2_nothing_written(tmp_path, photo, checkpoin
     arguments = build(tmp_path, photo, checkpoint)
     if script == GRADIENT and "category" not in case:
         arguments += ["--category", "87"]
-    before = sorted(tmp_path.rglob("*"))
+    before = snapshot(tmp_path)
     result = run(script, *arguments, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert words in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
-    assert sorted(tmp_path.rglob("*")) == before  # nothing written, inputs untouched
+    assert snapshot(tmp_path) == before  # nothing written, inputs untouched
 
 
 def test_gradient_script_requires_a_category(tmp_path, photo, checkpoint):
