@@ -2,8 +2,8 @@
 import torch
 
 from .model import forward
-from .rollout import (attention_layers, chefer_layers, gradient_layers, rollout, rollout_by_layer,
-                      to_grid)
+from .rollout import (attention_layers, chefer_layers, fuse_heads, gradient_layers, rollout,
+                      rollout_by_layer, to_grid)
 
 GRADIENT_RULES = ("rollout", "chefer")
 
@@ -36,6 +36,21 @@ def layer_maps(attentions, gradients, head_fusion, discard_ratio, rule="rollout"
     raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(GRADIENT_RULES)}")
 
 
+@torch.no_grad()
+def rollouts(attentions, gradients, head_fusions=("mean",), discard_ratio=0.0, rule="rollout"):
+    """The maps of one model run: {fusion: (B, G, G)}, each scaled to max 1."""
+    return {f: rollout(*layer_maps(attentions, gradients, f, discard_ratio, rule)) for f in head_fusions}
+
+
+@torch.no_grad()
+def rollouts_by_layer(attentions, gradients, head_fusion="mean", discard_ratio=0.0, rule="rollout"):
+    """-> ((L, B, G, G) the rollout after each layer, (L, B, G, G) each layer's raw CLS attention,
+    heads fused -- what the layer itself looks at, before discard or gradient weighting)."""
+    layers, renormalise = layer_maps(attentions, gradients, head_fusion, discard_ratio, rule)
+    raw = torch.stack([to_grid(fuse_heads(a, head_fusion)[:, 0]) for a in attentions])
+    return rollout_by_layer(layers, renormalise), raw
+
+
 def explain(weights, images, head_fusions=("mean",), discard_ratio=0.0, category=None, rule="rollout"):
     """Explain (B, 3, 224, 224) images -> ``(logits (B, C), {fusion: (B, G, G) map})``.
 
@@ -44,14 +59,10 @@ def explain(weights, images, head_fusions=("mean",), discard_ratio=0.0, category
     backward) serves every fusion in ``head_fusions``.
     """
     logits, attentions, gradients = run_model(weights, images, category)
-    with torch.no_grad():
-        return logits, {f: rollout(*layer_maps(attentions, gradients, f, discard_ratio, rule))
-                        for f in head_fusions}
+    return logits, rollouts(attentions, gradients, head_fusions, discard_ratio, rule)
 
 
 def explain_by_layer(weights, images, head_fusion="mean", discard_ratio=0.0, category=None, rule="rollout"):
-    """-> (logits, (L, B, G, G) rollout after each layer, (L, B, G, G) each layer's own CLS row)."""
+    """-> (logits, (L, B, G, G) rollout after each layer, (L, B, G, G) each layer's raw CLS attention)."""
     logits, attentions, gradients = run_model(weights, images, category)
-    with torch.no_grad():
-        layers, renormalise = layer_maps(attentions, gradients, head_fusion, discard_ratio, rule)
-        return logits, rollout_by_layer(layers, renormalise), torch.stack([to_grid(a[:, 0]) for a in layers])
+    return (logits, *rollouts_by_layer(attentions, gradients, head_fusion, discard_ratio, rule))

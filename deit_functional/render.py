@@ -1,6 +1,7 @@
 """Drawing an explanation over the original picture, and writing results safely."""
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -41,11 +42,14 @@ def overlay(picture, mask, alpha=0.5):
     return blended.astype(np.uint8)
 
 
-def side_by_side(panels, gap=8):
-    """Equal-height (H, W, 3) panels -> one picture, separated by white gaps."""
-    spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+def join(panels, axis=1, gap=8):
+    """(H, W, 3) pictures -> one: side by side (axis=1, equal heights) or stacked (axis=0, equal
+    widths), with white gaps between them."""
+    shape = list(panels[0].shape)
+    shape[axis] = gap
+    spacer = np.full(shape, 255, np.uint8)
     parts = [p for panel in panels for p in (panel, spacer)][:-1]
-    return np.concatenate(parts, axis=1)
+    return np.concatenate(parts, axis=axis)
 
 
 def resize(picture, height):
@@ -56,31 +60,25 @@ def resize(picture, height):
     return x[0].permute(1, 2, 0).clamp_(0, 255).round_().to(torch.uint8).numpy()
 
 
-def stacked(rows, gap=8):
-    """Rows of equal-width pictures -> one picture, separated by white gaps."""
-    spacer = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
-    parts = [p for row in rows for p in (row, spacer)][:-1]
-    return np.concatenate(parts, axis=0)
-
-
-def layer_figure(picture, by_layer, own, height=112, gap=8):
-    """The per-layer view: top row, the rollout after layers 1..L; bottom row, each layer's own
+def layer_figure(picture, by_layer, raw, height=112, gap=8):
+    """The per-layer view: top row, the rollout after layers 1..L; bottom row, each layer's raw
     CLS attention; each panel the picture ``height`` pixels high with the map over it."""
     small = resize(picture, height)
-    row = lambda grids: side_by_side([overlay(small, upsample(g, small.shape[:2])) for g in grids], gap)
-    return stacked([row(by_layer), row(own)], gap)
+    row = lambda grids: join([overlay(small, upsample(g, small.shape[:2])) for g in grids], gap=gap)
+    return join([row(by_layer), row(raw)], axis=0, gap=gap)
 
 
 def write_atomically(path, save):
     """Write ``path`` through ``save(temporary_path)`` then rename, so a failed or interrupted
     run never leaves a half-written result under the final name."""
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
     try:
-        save(temporary)
+        save(Path(temporary))
         os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
 
 
 def encode_png(picture):

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from deit_functional import load_image, load_weights, to_input  # noqa: E402
 from deit_functional.evaluate import perturbation_test  # noqa: E402
 from deit_functional.explain import explain, explain_by_layer  # noqa: E402
-from deit_functional.render import (layer_figure, overlay, resize, side_by_side, stacked,  # noqa: E402
-                                    upsample, write_atomically)
+from deit_functional.render import (join, layer_figure, overlay, resize, upsample,  # noqa: E402
+                                    write_atomically)
 from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
 from deit_functional.weights import expected_shapes  # noqa: E402
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict  # noqa: E402
@@ -55,7 +55,7 @@ def figure_a(weights, picture, x):
     """Attention Rollout with the three head fusions: mean, min, max."""
     logits, maps = explain(weights, x[None], HEAD_FUSIONS, DISCARD)
     grids = [maps[f][0] for f in HEAD_FUSIONS]
-    save("a_attention_rollout_fusions.png", side_by_side(panels(picture, grids, grey(picture))))
+    save("a_attention_rollout_fusions.png", join(panels(picture, grids, grey(picture))))
     spread = max(float((maps[f] - maps["mean"]).abs().max()) for f in HEAD_FUSIONS)
     probability = logits.softmax(dim=-1)[0]
     print(f"  top class {int(logits[0].argmax())}; p(red class {RED_CLASS}) = {probability[RED_CLASS]:.3f}, "
@@ -69,14 +69,14 @@ def figure_b(weights, picture, x):
     for rule in ("rollout", "chefer"):
         grids = [explain(weights, x[None], ("mean",), DISCARD, category, rule)[1]["mean"][0]
                  for category in (RED_CLASS, BLUE_CLASS)]
-        rows.append(side_by_side(panels(picture, grids, grey(picture))))
-    save("b_gradient_red_vs_blue.png", stacked(rows))
+        rows.append(join(panels(picture, grids, grey(picture))))
+    save("b_gradient_red_vs_blue.png", join(rows, axis=0))
 
 
 def figure_c(weights, picture, x):
-    """Per layer, Attention Rollout: rollout after layers 1..12 (top), each layer's own CLS row."""
-    _, by_layer, own = explain_by_layer(weights, x[None], "mean", DISCARD)
-    save("c_per_layer.png", layer_figure(grey(picture), by_layer[:, 0], own[:, 0], height=84, gap=4))
+    """Per layer, Attention Rollout: rollout after layers 1..12 (top), each layer's raw CLS attention."""
+    _, by_layer, raw = explain_by_layer(weights, x[None], "mean", DISCARD)
+    save("c_per_layer.png", layer_figure(grey(picture), by_layer[:, 0], raw[:, 0], height=84, gap=4))
     change = float((by_layer - by_layer[-1]).abs().max())
     print(f"  largest difference between any layer's rollout and the last one: {change:.1e}")
 
@@ -140,7 +140,7 @@ def figure_e():
     x, picture = load_image(ROOT / "images" / "cat.jpg")
     small = resize(picture, 128)
     grids = [explain(weights, x[None], ("mean",), ratio)[1]["mean"][0] for ratio in (0.0, 0.9)]
-    save("e_random_weights_cat.png", side_by_side(panels(small, grids)))
+    save("e_random_weights_cat.png", join(panels(small, grids)))
     print(f"  random weights: smallest patch value of the max-1 map: discard 0 -> {grids[0].min():.3f}, "
           f"discard 0.9 -> {grids[1].min():.3f}")
 

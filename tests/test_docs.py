@@ -1,4 +1,4 @@
-"""The walkthrough's figures regenerate from their script (smoke), matching the committed ones."""
+"""The walkthrough's figures regenerate from their script (smoke): the same files, the same sizes."""
 import subprocess
 import sys
 from pathlib import Path

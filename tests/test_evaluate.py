@@ -44,7 +44,7 @@ def test_planted_true_map_is_more_faithful_than_random_and_inverted_maps():
     x = to_input(picture)
     _, maps = explain(weights, x[None], ("mean",), 0.0, RED_CLASS)
     true = maps["mean"][0]
-    grids = {"true": true, "inverted": 1 - true,
+    grids = {"true": true, "inverted": -true,  # (1 - true would tie the many near-zero patches)
              "random": torch.rand(14, 14, generator=torch.Generator().manual_seed(0))}
     scores = perturbation_test(weights, x, grids, RED_CLASS)
     assert set(scores) == set(grids)
@@ -105,8 +105,18 @@ def test_evaluate_and_per_layer_write_their_files(planted_run):
     assert "positive AUC" in result.stdout and result.stdout.count("\n    m") == 3  # the table rows
 
 
-def test_without_matplotlib_the_evaluation_still_runs_and_says_why_no_plot(tmp_path, monkeypatch):
-    from deit_functional import cli
+def test_without_matplotlib_the_evaluation_still_runs_and_says_why_no_plot(tmp_path, monkeypatch, capsys):
+    from planted import draw_scene, planted_state_dict
+    from safetensors.torch import save_file
+    from deit_functional.cli import main
+    save_file(planted_state_dict(), tmp_path / "planted.safetensors")
+    Image.fromarray(draw_scene(64, 64, [("red", 10, 10, 20)])).save(tmp_path / "one.png")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    assert cli.save_curves_plot(tmp_path / "plot.png", {}) is False
-    assert not (tmp_path / "plot.png").exists()
+    status = main(gradient=False, argv=["--image", str(tmp_path / "one.png"), "--evaluate",
+                                        "--weights", str(tmp_path / "planted.safetensors"),
+                                        "--output-dir", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert status == 0 and "no curves plot: matplotlib is not installed" in out
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert any(n.endswith("_evaluation.json") for n in names)
+    assert not any(n.endswith("_evaluation.png") for n in names)

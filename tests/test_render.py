@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from deit_functional.render import jet, overlay, save_npy, side_by_side, upsample, write_atomically
+from deit_functional.render import jet, join, overlay, save_npy, upsample, write_atomically
 
 
 def test_jet_runs_from_dark_blue_to_dark_red():
@@ -33,10 +33,13 @@ def test_upsampled_mask_is_pixel_aligned_with_the_whole_picture():
     assert mask[:40].max() == 0 and mask[:, :270].max() == 0  # nothing far from the patch
 
 
-def test_side_by_side_puts_white_gaps_between_panels():
+def test_join_puts_white_gaps_between_panels():
     a, b = np.zeros((5, 4, 3), np.uint8), np.ones((5, 6, 3), np.uint8)
-    joined = side_by_side([a, b], gap=2)
+    joined = join([a, b], gap=2)
     assert joined.shape == (5, 12, 3) and np.all(joined[:, 4:6] == 255)
+    assert np.array_equal(joined[:, :4], a) and np.array_equal(joined[:, 6:], b)
+    stacked = join([a, a], axis=0, gap=3)
+    assert stacked.shape == (13, 4, 3) and np.all(stacked[5:8] == 255)
 
 
 def test_a_failed_write_leaves_no_file_behind(tmp_path):

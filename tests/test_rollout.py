@@ -79,7 +79,7 @@ def test_properties_hold_for_every_method_fusion_and_ratio(seed):
     ratio = [0.0, 0.5, 0.9, 0.99][seed % 4]
     for fusion in HEAD_FUSIONS:
         fused = [discard_lowest(fuse_heads(a, fusion), ratio) for a in attentions]
-        # each Ã row sums to 1 <=> the CLS row keeps total mass 1 through every product
+        # the CLS row keeps total mass 1 through every product, as it must if each Ã row sums to 1
         torch.testing.assert_close(cls_relevance(fused).sum(dim=1), torch.ones(B, dtype=torch.float32))
         for maps in (attention_rollout(attentions, fusion, ratio),
                      gradient_rollout(attentions, gradients, fusion, ratio),
