@@ -79,29 +79,26 @@ def rows(device):
     model = random_timm_model(device)
     weights = load_weights(model, device=device)
 
-    def timm_fused(x):
-        set_fused(model, True)
-        with torch.no_grad():
-            return model(x)
+    def timm_forward(fused):
+        def run(x):
+            set_fused(model, fused)
+            with torch.no_grad():
+                return model(x)
+        return run
 
     def timm_fused_backward(x):
         set_fused(model, True)
         model.zero_grad(set_to_none=True)
         model(x)[:, CATEGORY].sum().backward()
 
-    def timm_unfused(x):
-        set_fused(model, False)
-        with torch.no_grad():
-            return model(x)
-
     def hooks(x):
         set_fused(model, False)
         return hook_based_rollout(model, x)
 
     return {
-        "timm fused forward (floor)": timm_fused,
+        "timm fused forward (floor)": timm_forward(fused=True),
         "timm fused forward+backward": timm_fused_backward,
-        "timm unfused forward": timm_unfused,
+        "timm unfused forward": timm_forward(fused=False),
         "hook-based rollout (timm unfused + hooks)": hooks,
         "ours: attention rollout (max, discard 0.9)": lambda x: explain(weights, x, ("max",), 0.9),
         "ours: gradient rollout (mean, discard 0.9)": lambda x: explain(weights, x, ("mean",), 0.9, CATEGORY),
@@ -242,8 +239,8 @@ def main():
     batch = 2 if args.smoke else 32
     for device in devices:
         if not args.smoke:
-            table(device, 1, args.repeats, memory=False)
-        medians = table(device, batch, 1 if args.smoke else max(3, args.repeats // 2), memory=False)
+            table(device, 1, args.repeats, memory=True)
+        medians = table(device, batch, 1 if args.smoke else max(3, args.repeats // 2), memory=not args.smoke)
         if device.type == "cpu":
             floor_ms = 1000 * medians["timm fused forward (floor)"] / batch
         if not args.smoke:
