@@ -221,10 +221,10 @@ def run(args, gradient):
     names = Names(args.output_dir, output_tag(args, gradient))
     failures = 0
 
-    def finish(future):
+    def finish(future, bar):
         nonlocal failures
         try:
-            print(future.result(), flush=True)
+            bar.write(future.result(), file=sys.stdout)  # above the progress bar, if one is shown
         except OSError as error:
             failures += 1
             print(f"cannot write results: {error}", file=sys.stderr)
@@ -257,10 +257,10 @@ def run(args, gradient):
             if not overlap_model:
                 pending = decode_all(next_batch)
             while writes and (writes[0].done() or not overlap_model):  # print in order
-                finish(writes.pop(0))
+                finish(writes.pop(0), bar)
             bar.update(len(batch))
         for future in writes:
-            finish(future)
+            finish(future, bar)
     if failures:
         print(f"{failures} of {len(paths)} pictures failed", file=sys.stderr)
         return 1

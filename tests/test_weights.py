@@ -117,6 +117,22 @@ def test_pretrained_is_read_from_the_local_cache_when_there(tmp_path, monkeypatc
     assert torch.equal(logits_of(load_weights(), images), logits_of(weights, images))
 
 
+def test_pretrained_is_read_from_the_hugging_face_cache_when_there(tmp_path, monkeypatch, state, weights, images):
+    """The hub cache's own layout: refs/main names the snapshot that holds model.safetensors."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+    repo = tmp_path / "hf" / ("models--" + weights_module.HUB_REPO.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    save_file(state, snapshot / weights_module.HUB_FILE)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("went to the network"))
+    assert torch.equal(logits_of(load_weights(), images), logits_of(weights, images))
+
+
 def test_real_pretrained_weights_load_as_timm_loads_them(images):
     """Runs only where the real weights sit in a local cache; never downloads."""
     from huggingface_hub import try_to_load_from_cache
