@@ -85,17 +85,22 @@ def _to_rgb8(pixels, path):
     return np.ascontiguousarray(colour)
 
 
-def to_input(picture):
-    """(H, W, 3) uint8 picture -> (3, 224, 224) float32 tensor, resized whole and normalised.
+def resize(picture, size):
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 at ``size`` = (h, w), bicubic and antialiased.
 
-    The resize works on the 8-bit pixels, as timm's PIL-based transform does (they agree within
-    one level), and is ~4x faster than resizing a float copy of a large picture.
+    It works on the 8-bit pixels, as timm's PIL-based transform does (they agree within one
+    level), and is ~4x faster than resizing a float copy of a large picture.
     """
     pixels = rearrange(torch.from_numpy(picture), "h w c -> 1 c h w")
-    small = F.interpolate(pixels, size=(IMAGE_SIZE, IMAGE_SIZE), mode=INTERPOLATION,
-                          antialias=True, align_corners=False)
+    small = F.interpolate(pixels, size=size, mode=INTERPOLATION, antialias=True, align_corners=False)
+    return rearrange(small, "1 c h w -> h w c").numpy()
+
+
+def to_input(picture):
+    """(H, W, 3) uint8 picture -> (3, 224, 224) float32 tensor, resized whole and normalised."""
+    small = rearrange(torch.from_numpy(resize(picture, (IMAGE_SIZE, IMAGE_SIZE))), "h w c -> c h w")
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
-    return (small[0].float() / 255 - mean) / std
+    return (small.float() / 255 - mean) / std
 
 
 def load_image(path):

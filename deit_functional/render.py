@@ -6,8 +6,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
+
+from .images import resize
 
 
 def upsample(grid, size):
@@ -52,18 +53,15 @@ def join(panels, axis=1, gap=8):
     return np.concatenate(parts, axis=axis)
 
 
-def resize(picture, height):
+def to_height(picture, height):
     """(H, W, 3) uint8 -> the same picture ``height`` pixels high, aspect ratio kept."""
-    width = max(1, round(picture.shape[1] * height / picture.shape[0]))
-    x = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0).clamp_(0, 255).round_().to(torch.uint8).numpy()
+    return resize(picture, (height, max(1, round(picture.shape[1] * height / picture.shape[0]))))
 
 
 def layer_figure(picture, by_layer, raw, height=112, gap=8):
     """The per-layer view: top row, the rollout after layers 1..L; bottom row, each layer's raw
     CLS attention; each panel the picture ``height`` pixels high with the map over it."""
-    small = resize(picture, height)
+    small = to_height(picture, height)
     row = lambda grids: join([overlay(small, upsample(g, small.shape[:2])) for g in grids], gap=gap)
     return join([row(by_layer), row(raw)], axis=0, gap=gap)
 

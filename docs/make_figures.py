@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from deit_functional import load_image, load_weights, to_input  # noqa: E402
 from deit_functional.evaluate import perturbation_test  # noqa: E402
 from deit_functional.explain import explain, explain_by_layer  # noqa: E402
-from deit_functional.render import (join, layer_figure, overlay, resize, upsample,  # noqa: E402
+from deit_functional.render import (join, layer_figure, overlay, to_height, upsample,  # noqa: E402
                                     write_atomically)
 from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
 from deit_functional.weights import expected_shapes  # noqa: E402
@@ -138,7 +138,7 @@ def figure_e():
     """RANDOM weights on images/cat.jpg: Attention Rollout (mean) with discard 0 and with 0.9."""
     weights = load_weights(random_state_dict())
     x, picture = load_image(ROOT / "images" / "cat.jpg")
-    small = resize(picture, 128)
+    small = to_height(picture, 128)
     grids = [explain(weights, x[None], ("mean",), ratio)[1]["mean"][0] for ratio in (0.0, 0.9)]
     save("e_random_weights_cat.png", join(panels(small, grids)))
     print(f"  random weights: smallest patch value of the max-1 map: discard 0 -> {grids[0].min():.3f}, "

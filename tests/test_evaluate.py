@@ -12,7 +12,7 @@ from PIL import Image
 
 from deit_functional import explain, load_weights, to_input
 from deit_functional.evaluate import FRACTIONS, auc, perturbation_test, removal_masks
-from deit_functional.render import layer_figure, overlay, resize, upsample
+from deit_functional.render import layer_figure, overlay, to_height, upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_per_layer_figure_has_the_expected_panels_and_size():
     own = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(2))
     figure = layer_figure(picture, by_layer, own, height=100, gap=8)
     assert figure.shape == (2 * 100 + 8, 12 * 200 + 11 * 8, 3)
-    small = resize(picture, 100)
+    small = to_height(picture, 100)
     for row, grids in enumerate((by_layer, own)):
         for layer in (0, 5, 11):
             top, left = row * 108, layer * 208
