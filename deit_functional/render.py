@@ -35,8 +35,8 @@ def overlay(picture, mask, alpha=0.5):
     """Blend the JET-coloured mask over an (H, W, 3) uint8 picture of the same size.
 
     The colour is looked up at 256 levels (the .npy mask keeps full precision) with np.take,
-    ~4x faster than fancy indexing here, and the blend is done in 8.8 fixed point: together they
-    keep a large picture's overlay under a millisecond.
+    and the blend is done in 8.8 fixed point: ~0.8 ms for a 600x400 photo here, where indexing
+    the table with the mask (``JET_TABLE[levels]``) took 2.4 ms.
     """
     heat = np.take(JET_TABLE, (mask * 255 + 0.5).astype(np.uint8), axis=0)
     a = np.uint16(round(alpha * 256))
