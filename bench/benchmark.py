@@ -8,6 +8,12 @@ repeats (the rows take turns, so drift on a noisy machine hits them alike); rati
 timm's fused forward ("floor") and to its unfused forward (the attention maps materialised,
 the arithmetic any attention-map method needs). Peak memory is measured in a fresh process
 per row: the resident-set peak over the call (CPU, /proc) or torch's peak allocation (CUDA).
+
+The timing process keeps freed memory for reuse, as the command line does (cli.keep_freed_memory),
+so that no row pays at random for glibc handing memory back and faulting it in again: on the
+virtual machines this was measured on, memory handed back goes to the host within seconds, and
+faulting it in again made the floor itself swing between 14.9 and 18.5 ms per picture across
+runs (14.5-15.0 with memory kept).
 """
 import argparse
 import json
@@ -25,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deit_functional import explain, load_weights  # noqa: E402
+from deit_functional.cli import keep_freed_memory  # noqa: E402
 
 CATEGORY = 87
 
@@ -245,6 +252,7 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny batches, one repeat (CI)")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
+    keep_freed_memory()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)" + (f", {torch.cuda.get_device_name()}" if len(devices) > 1 else ""))
