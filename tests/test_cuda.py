@@ -1,7 +1,4 @@
 """--device cuda and the library on CUDA tensors; skipped where no GPU exists."""
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +6,9 @@ import torch
 from PIL import Image
 
 from deit_functional import explain, load_weights
+from script_runs import GRADIENT, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("category", [None, 87])
@@ -30,9 +27,8 @@ def test_explain_on_cuda_equals_cpu(timm_model, weights, images, category):
 def test_script_runs_on_cuda(tmp_path, timm_model):
     torch.save(timm_model.state_dict(), tmp_path / "w.pth")
     Image.fromarray(np.full((100, 150, 3), 90, np.uint8)).save(tmp_path / "p.png")
-    result = subprocess.run([sys.executable, str(ROOT / "gradient_rollout.py"), "--image", tmp_path / "p.png",
-                             "--category", "5", "--weights", tmp_path / "w.pth", "--device", "cuda",
-                             "--output-dir", tmp_path / "out"], capture_output=True, text=True, timeout=300)
+    result = run(GRADIENT, "--image", tmp_path / "p.png", "--category", 5, "--weights", tmp_path / "w.pth",
+                 "--device", "cuda", "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     mask = np.load(next((tmp_path / "out").glob("*_mask.npy")))
     assert mask.shape == (100, 150)

@@ -1,7 +1,6 @@
 """The perturbation test (Chefer et al. 2021), the per-layer figure, and the --evaluate /
 --per-layer options through the real scripts."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +12,7 @@ from PIL import Image
 from deit_functional import explain, load_weights, to_input
 from deit_functional.evaluate import FRACTIONS, auc, perturbation_test, removal_masks
 from deit_functional.render import layer_figure, overlay, to_height, upsample
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_runs import GRADIENT, run
 
 
 def test_auc_of_known_curves_is_exact():
@@ -70,11 +68,6 @@ def test_per_layer_figure_has_the_expected_panels_and_size():
     assert np.all(figure[100:108] == 255) and np.all(figure[:, 200:208] == 255)  # white gaps
 
 
-def run_script(script, *args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
     from planted import RED_CLASS, draw_scene, planted_state_dict
@@ -82,7 +75,7 @@ def planted_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluate")
     save_file(planted_state_dict(), folder / "planted.safetensors")
     Image.fromarray(draw_scene(200, 260, [("red", 30, 40, 50), ("blue", 110, 170, 50)])).save(folder / "two.png")
-    result = run_script("gradient_rollout.py", "--image", folder / "two.png", "--category", RED_CLASS,
+    result = run(GRADIENT, "--image", folder / "two.png", "--category", RED_CLASS,
                         "--weights", folder / "planted.safetensors", "--head-fusion", "all",
                         "--evaluate", "--per-layer", "--output-dir", folder / "out", cwd=folder)
     return folder, result

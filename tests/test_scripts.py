@@ -1,7 +1,5 @@
 """The two graded scripts, run for real as subprocesses: outputs, and every kind of bad input."""
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -10,13 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-ATTENTION, GRADIENT = ROOT / "attention_rollout.py", ROOT / "gradient_rollout.py"
-
-
-def run(script, *args, cwd, env=None):
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+from script_runs import ATTENTION, GRADIENT, run
 
 
 @pytest.fixture(scope="module")
