@@ -191,7 +191,7 @@ def main(gradient, argv=None):
 
 
 def run(args, gradient):
-    from .images import ImageError, load_image
+    from .images import ImageError, read_picture, to_input
     from .weights import WeightsError, load_weights
 
     paths = collect_pictures(args.image)
@@ -204,7 +204,7 @@ def run(args, gradient):
 
     def decode(path):
         try:
-            return load_image(path)
+            return read_picture(path)
         except ImageError as error:
             return error
 
@@ -232,6 +232,10 @@ def run(args, gradient):
     # Decoding and writing run in threads. On a GPU they overlap the model; on the CPU the
     # model's threads already fill every core, and overlapping them cost 20% here (bench/), so
     # there the next batch is decoded while this one is written, between model runs.
+    # Those threads use numpy only, and torch runs in this thread alone: each thread that runs a
+    # parallel torch op gets its own OpenMP worker pool, and once there are more OpenMP threads
+    # than cores, libgomp cuts its spin-waits short, so the model's threads fell asleep at every
+    # barrier (~700 sleeps a batch) and the model ran 4% slower (bench/).
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
     with ThreadPoolExecutor(2) as decoder, ThreadPoolExecutor(2) as writer, \
@@ -249,9 +253,9 @@ def run(args, gradient):
                     failures += 1
                     bar.write(f"skipped {item}", file=sys.stderr)
             if good:
-                images = torch.stack([x for _, (x, _) in good]).to(device)
+                images = torch.stack([to_input(picture) for _, picture in good]).to(device)
                 results = explain_batch(weights, images, fusions, args, gradient)
-                for (path, (_, picture)), result in zip(good, results):
+                for (path, picture), result in zip(good, results):
                     targets = names.claim(path, output_kinds(result, args))  # here, not in a writer thread
                     writes.append(writer.submit(write_results, path, picture, result, targets, args))
             if not overlap_model:

@@ -6,7 +6,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch.nn.functional as F
 
 from .images import resize
 
@@ -15,10 +14,30 @@ def upsample(grid, size):
     """(G, G) map -> (H, W) float32 array in [0, 1], pixel-aligned with an (H, W) picture.
 
     The picture was resized whole to the patch grid (images.py), so patch (i, j) covers rows
-    i*H/G..(i+1)*H/G; bilinear interpolation with align_corners=False maps those areas back.
+    i*H/G..(i+1)*H/G; bilinear interpolation with align_corners=False maps those areas back,
+    as ``F.interpolate`` does (the tests compare). In numpy, because the command line's writer
+    threads run it and must not start OpenMP pools of their own (cli.py).
     """
-    mask = F.interpolate(grid[None, None].float(), size=size, mode="bilinear", align_corners=False)
-    return mask[0, 0].clamp_(0, 1).cpu().numpy()
+    columns = _interpolate(np.asarray(grid, dtype=np.float32), size[1], axis=1)  # (G, W)
+    mask = _interpolate(columns, size[0], axis=0)
+    return np.clip(mask, 0, 1, out=mask)
+
+
+def _interpolate(values, n, axis):
+    """Linear interpolation of ``values`` to ``n`` samples along ``axis``, each sample at the
+    centre of its 1/n of the extent (align_corners=False), the ends held flat. Along axis 0 the
+    gathers copy whole rows, so the full-size pass goes that way: 0.16 ms for a 600x400 mask
+    here, where gathering columns took 1.4 ms (and torch 0.3 ms)."""
+    cells = values.shape[axis]
+    position = np.clip(np.float32(cells / n) * (np.arange(n, dtype=np.float32) + 0.5) - 0.5, 0, cells - 1)
+    left = position.astype(np.intp)  # floor: positions are >= 0
+    weight = np.expand_dims((position - left).astype(np.float32), 1 - axis)
+    below = np.take(values, left, axis=axis)
+    result = np.take(values, np.minimum(left + 1, cells - 1), axis=axis)
+    result -= below
+    result *= weight
+    result += below
+    return result
 
 
 def jet(mask):

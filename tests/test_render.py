@@ -33,6 +33,14 @@ def test_upsampled_mask_is_pixel_aligned_with_the_whole_picture():
     assert mask[:40].max() == 0 and mask[:, :270].max() == 0  # nothing far from the patch
 
 
+@pytest.mark.parametrize("size", [(280, 420), (300, 451), (16, 16), (7, 300), (14, 14)])
+def test_upsample_is_torch_bilinear_interpolation(size):
+    grid = torch.rand(14, 14, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(grid[None, None], size=size, mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(upsample(grid, size), expected, rtol=0, atol=1e-6)
+
+
 def test_join_puts_white_gaps_between_panels():
     a, b = np.zeros((5, 4, 3), np.uint8), np.ones((5, 6, 3), np.uint8)
     joined = join([a, b], gap=2)
