@@ -53,6 +53,15 @@ def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
 CASES = [(f, r) for f in HEAD_FUSIONS for r in (0.0, 0.9)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_head_fusions_are_exactly_torch_reductions_over_heads(dtype):
+    attentions, gradients = random_maps(seed=4, dtype=dtype)
+    for maps in (attentions[0], gradients[0], attentions[0][:, :1]):  # one head too
+        assert torch.equal(fuse_heads(maps, "mean"), maps.mean(dim=1))
+        assert torch.equal(fuse_heads(maps, "min"), maps.amin(dim=1))
+        assert torch.equal(fuse_heads(maps, "max"), maps.amax(dim=1))
+
+
 @pytest.mark.parametrize("fusion, ratio", CASES)
 def test_attention_rollout_equals_naive_reference(fusion, ratio):
     attentions, _ = random_maps(seed=1)
