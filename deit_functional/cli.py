@@ -232,10 +232,11 @@ def run(args, gradient):
     # Decoding and writing run in threads. On a GPU they overlap the model; on the CPU the
     # model's threads already fill every core, and overlapping them cost 20% here (bench/), so
     # there the next batch is decoded while this one is written, between model runs.
-    # Those threads use numpy only, and torch runs in this thread alone: each thread that runs a
-    # parallel torch op gets its own OpenMP worker pool, and once there are more OpenMP threads
-    # than cores, libgomp cuts its spin-waits short, so the model's threads fell asleep at every
-    # barrier (~700 sleeps a batch) and the model ran 4% slower (bench/).
+    # Those threads use numpy, and torch runs in this thread: each thread that runs a parallel
+    # torch op gets its own OpenMP worker pool, and once there are more OpenMP threads than
+    # cores, libgomp cuts its spin-waits short, so the model's threads fell asleep at every
+    # barrier (~700 sleeps a batch) and the model ran 4% slower (bench/). Only --per-layer's
+    # figure still resizes the picture with torch in a writer thread.
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
     with ThreadPoolExecutor(2) as decoder, ThreadPoolExecutor(2) as writer, \
