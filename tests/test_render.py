@@ -39,6 +39,7 @@ def test_upsample_is_torch_bilinear_interpolation(size):
     expected = torch.nn.functional.interpolate(grid[None, None], size=size, mode="bilinear",
                                                align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(upsample(grid, size), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(upsample(grid.clone().requires_grad_(), size), upsample(grid.numpy(), size))
 
 
 def test_join_puts_white_gaps_between_panels():
