@@ -2,7 +2,6 @@
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 from deit_functional import forward
