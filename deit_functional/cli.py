@@ -235,7 +235,7 @@ def run(args, gradient):
     # Those threads use numpy, and torch runs in this thread: each thread that runs a parallel
     # torch op gets its own OpenMP worker pool, and once there are more OpenMP threads than
     # cores, libgomp cuts its spin-waits short, so the model's threads fell asleep at every
-    # barrier (~700 sleeps a batch) and the model ran 4% slower (bench/). Only --per-layer's
+    # barrier (~700 sleeps a batch) and the model ran 4% slower (README, Speed). Only --per-layer's
     # figure still resizes the picture with torch in a writer thread.
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + args.batch_size] for i in range(0, len(paths), args.batch_size)]

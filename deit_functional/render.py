@@ -110,7 +110,7 @@ def encode_png(picture):
     filtered), 40% of the CPU a folder run spends per picture outside the model, for a file
     0.6x the size (434 against 720 KB). The float32 mask written beside each overlay is larger
     still (938 KB), so a folder's results grow by a fifth to a quarter, and the run is 1.3-1.6
-    ms per picture faster (two A/Bs, bench/).
+    ms per picture faster (two A/Bs; README, Speed).
     """
     height, width, _ = picture.shape
     rows = np.pad(picture.reshape(height, width * 3), ((0, 0), (1, 0)))  # each row: filter 0 (None), pixels

@@ -8,10 +8,11 @@ Attention Rollout -- Abnar & Zuidema, "Quantifying Attention Flow in Transformer
     R_0 = I, R_l = Ã_l R_{l-1}; the explanation is R_L's CLS row over the G*G patches.
   Why renormalise: without discard, mean fusion keeps rows summing to 1 (then renormalising
   only halves, as Abnar's 0.5*A + 0.5*I), but discard and min or max fusion do not, and
-  without it those rows would grow or shrink layer after layer. Why column 0 is never discarded: entry (i, 0) is how much token i reads
-  the CLS token, and in the product those entries carry relevance back through the earlier
-  layers' CLS token. They are often small, so one threshold over the whole map would zero them
-  first and cut that route, where discarding is meant to drop noise among the patch entries.
+  without it those rows would grow or shrink layer after layer. Why column 0 is never
+  discarded: entry (i, 0) is how much token i reads the CLS token, and in the product those
+  entries carry relevance back through the earlier layers' CLS token. They are often small, so
+  one threshold over the whole map would zero them first and cut that route, where discarding
+  is meant to drop noise among the patch entries.
 
 Gradient Rollout -- the same product, with each layer's map weighted by the gradient of one
 class's logit (Gildenblat's vit-explain; cf. Chefer et al. 2021):
