@@ -11,4 +11,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from any directo
 from deit_functional.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(gradient=True))
+    sys.exit(main(methods=("gradient", "chefer")))

@@ -9,11 +9,12 @@ timm's fused forward ("floor") and to its unfused forward (the attention maps ma
 the arithmetic any attention-map method needs). Peak memory is measured in a fresh process
 per row: the resident-set peak over the call (CPU, /proc) or torch's peak allocation (CUDA).
 
-The timing process keeps freed memory for reuse, as the command line does (cli.keep_freed_memory),
-so that no row pays at random for glibc handing memory back and faulting it in again: on the
-virtual machines this was measured on, memory handed back goes to the host within seconds, and
-faulting it in again made the floor itself swing between 14.9 and 18.5 ms per picture across
-runs (14.5-15.0 with memory kept).
+The timing process keeps freed memory for reuse, as the command line does
+(pipeline.keep_freed_memory), so that no row pays at random for glibc handing memory back and
+faulting it in again: on the virtual machines this was measured on, memory handed back goes to
+the host within seconds, and faulting it in again made the floor itself swing between 14.9 and
+18.5 ms per picture across runs (14.5-15.0 with memory kept). What the numbers have shown, and
+what was tried: bench/README.md.
 """
 import argparse
 import json
@@ -28,89 +29,42 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from deit_functional import explain, load_weights  # noqa: E402
-from deit_functional.cli import keep_freed_memory  # noqa: E402
+from deit_functional.pipeline import keep_freed_memory  # noqa: E402
+from timm_reference import attention_fused, hook_based_rollout, random_timm_model  # noqa: E402
 
 CATEGORY = 87
-
-
-def random_timm_model(device):
-    import timm
-    torch.manual_seed(0)
-    model = timm.create_model("deit_tiny_patch16_224").eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return model.to(device)
-
-
-def set_fused(model, fused):
-    for blk in model.blocks:
-        blk.attn.fused_attn = fused
 
 
 def timm_forward(model, fused):
     """-> a function of the input batch: timm's inference forward, attention fused or not."""
     def run(x):
-        set_fused(model, fused)
-        with torch.no_grad():
+        with attention_fused(model, fused), torch.no_grad():
             return model(x)
     return run
 
 
-def hook_based_rollout(model, images, discard_ratio=0.9):
-    """The way users copy today (cf. vit-explain): fused attention off, forward hooks on
-    attn_drop, then a per-layer loop of full N x N matrix products. Benchmark only: the package
-    has no hooks. (Discard here is per image, fixing the copied code's image-0-only bug.)"""
-    maps = []
-    handles = [blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o))
-               for blk in model.blocks]
-    try:
-        with torch.no_grad():
-            model(images)
-            B, _, N, _ = maps[0].shape
-            eye = torch.eye(N, device=images.device)
-            result = eye.expand(B, N, N)
-            for attention in maps:
-                fused = attention.amax(dim=1)
-                cls_column = fused[:, :, 0].clone()
-                flat = fused.view(B, -1)
-                _, lowest = flat.topk(int(flat.shape[-1] * discard_ratio), dim=-1, largest=False)
-                flat.scatter_(1, lowest, 0)
-                fused[:, :, 0] = cls_column  # the CLS column is never discarded
-                a = (fused + eye) / 2
-                a = a / a.sum(dim=-1, keepdim=True)
-                result = a @ result
-            mask = result[:, 0, 1:]
-            return mask / mask.amax(dim=-1, keepdim=True)
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def rows(device):
     """name -> function of the input batch. Built once per device."""
-    model = random_timm_model(device)
+    model = random_timm_model(device=device)
     weights = load_weights(model, device=device)
 
     def timm_fused_backward(x):
-        set_fused(model, True)
         model.zero_grad(set_to_none=True)
-        model(x)[:, CATEGORY].sum().backward()
-
-    def hooks(x):
-        set_fused(model, False)
-        return hook_based_rollout(model, x)
+        with attention_fused(model, True):
+            model(x)[:, CATEGORY].sum().backward()
 
     return {
         "timm fused forward (floor)": timm_forward(model, fused=True),
         "timm fused forward+backward": timm_fused_backward,
         "timm unfused forward": timm_forward(model, fused=False),
-        "hook-based rollout (timm unfused + hooks)": hooks,
-        "ours: attention rollout (max, discard 0.9)": lambda x: explain(weights, x, ("max",), 0.9),
-        "ours: gradient rollout (mean, discard 0.9)": lambda x: explain(weights, x, ("mean",), 0.9, CATEGORY),
+        "hook-based rollout (timm unfused + hooks)": lambda x: hook_based_rollout(model, x),
+        "ours: attention rollout (max, discard 0.9)":
+            lambda x: explain(weights, x, "attention", head_fusions=("max",), discard_ratio=0.9),
+        "ours: gradient rollout (mean, discard 0.9)":
+            lambda x: explain(weights, x, "gradient", category=CATEGORY, discard_ratio=0.9),
     }
 
 
@@ -191,7 +145,7 @@ def script_rows(repeats, folder_sizes, batch, workdir):
     import shutil
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / "weights.pth"
-    model = random_timm_model(torch.device("cpu"))
+    model = random_timm_model()
     torch.save(model.state_dict(), checkpoint)
     photos = sorted((ROOT / "images").glob("*.jpg"))
     for size in folder_sizes:

@@ -15,8 +15,8 @@ import timm
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import hook_based_rollout  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from timm_reference import hook_based_rollout  # noqa: E402
 
 
 def main():
@@ -28,8 +28,6 @@ def main():
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("model", state))
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
     config = timm.data.resolve_model_data_config(model)
     picture = Image.open(args.image).convert("RGB")
     transform = timm.data.create_transform(**config)

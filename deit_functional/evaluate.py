@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from .model import GRID, PATCH, forward
+from .model import G, P, forward
 
 FRACTIONS = tuple(i / 10 for i in range(10))  # 0 (nothing removed), 0.1, ..., 0.9
 
@@ -35,8 +35,8 @@ def removal_masks(grid, fractions=FRACTIONS, most_relevant_first=True):
     rank[order] = torch.arange(order.numel(), device=order.device)
     counts = torch.tensor([round(f * order.numel()) for f in fractions], device=grid.device)
     keep = (rank[None, :] >= counts[:, None]).float()  # (S, G*G)
-    keep = rearrange(keep, "s (gh gw) -> s gh gw", gh=GRID)
-    return repeat(keep, "s gh gw -> s (gh ph) (gw pw)", ph=PATCH, pw=PATCH)
+    keep = rearrange(keep, "s (gh gw) -> s gh gw", gh=G)
+    return repeat(keep, "s gh gw -> s (gh ph) (gw pw)", ph=P, pw=P)
 
 
 @torch.no_grad()

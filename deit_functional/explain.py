@@ -1,18 +1,19 @@
-"""From a batch of images to explanations in one call: forward, one manual backward, rollout."""
+"""The library's front door: from a batch of images to explanations in one call.
+
+One forward pass (and, for a method that uses the gradient, one backward pass from the class's
+logit), then the method's rollout for every head fusion asked for. Nothing is trained.
+"""
 import torch
 
 from .model import forward
-from .rollout import (attention_layers, chefer_layers, fuse_heads, gradient_layers, rollout,
-                      rollout_by_layer, to_grid)
-
-GRADIENT_RULES = ("rollout", "chefer")
+from .rollout import fuse_heads, layer_maps, method_named, method_rollout, rollout_by_layer, to_grid
 
 
 def run_model(weights, images, category=None):
-    """-> (logits, attention maps, their gradients or None).
+    """-> (logits (B, C), L attention maps (B, H, N, N), their gradients or None).
 
     With a ``category`` (an int, or a (B,) tensor of class indices) the gradient of that class's
-    logit is taken by one backward pass at inference; nothing is trained.
+    logit is taken by one backward pass at inference.
     """
     if category is None:
         with torch.no_grad():
@@ -25,44 +26,39 @@ def run_model(weights, images, category=None):
     return logits.detach(), [a.detach() for a in attentions], [a.grad for a in attentions]
 
 
-def layer_maps(attentions, gradients, head_fusion, discard_ratio, rule="rollout"):
-    """-> (per-layer (B, N, N) maps, whether rows are renormalised) for the chosen method."""
-    if gradients is None:
-        return attention_layers(attentions, head_fusion, discard_ratio), True
-    if rule == "rollout":
-        return gradient_layers(attentions, gradients, head_fusion, discard_ratio), True
-    if rule == "chefer":
-        return chefer_layers(attentions, gradients, head_fusion, discard_ratio), False
-    raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(GRADIENT_RULES)}")
+def _run(weights, images, method, category):
+    """run_model for ``method``: with the gradient of ``category`` exactly when the method uses it."""
+    if method_named(method).uses_gradient != (category is not None):
+        raise ValueError(f"method {method!r} " + ("explains one class: pass its category" if category is None
+                                                  else "uses no gradient: pass no category"))
+    return run_model(weights, images, category)
 
 
-@torch.no_grad()
-def rollouts(attentions, gradients, head_fusions=("mean",), discard_ratio=0.0, rule="rollout"):
-    """The maps of one model run: {fusion: (B, G, G)}, each scaled to max 1."""
-    return {f: rollout(*layer_maps(attentions, gradients, f, discard_ratio, rule)) for f in head_fusions}
+def explain(weights, images, method="attention", *, category=None, head_fusions=("mean",), discard_ratio=0.0):
+    """Explain (B, 3, 224, 224) images -> ``(logits (B, C), {head fusion: (B, G, G) map, max 1})``.
 
-
-@torch.no_grad()
-def rollouts_by_layer(attentions, gradients, head_fusion="mean", discard_ratio=0.0, rule="rollout"):
-    """-> ((L, B, G, G) the rollout after each layer, (L, B, G, G) each layer's raw CLS attention,
-    heads fused -- what the layer itself looks at, before discard or gradient weighting)."""
-    layers, renormalise = layer_maps(attentions, gradients, head_fusion, discard_ratio, rule)
-    raw = torch.stack([to_grid(fuse_heads(a, head_fusion)[:, 0]) for a in attentions])
-    return rollout_by_layer(layers, renormalise), raw
-
-
-def explain(weights, images, head_fusions=("mean",), discard_ratio=0.0, category=None, rule="rollout"):
-    """Explain (B, 3, 224, 224) images -> ``(logits (B, C), {fusion: (B, G, G) map})``.
-
-    ``category=None``: Attention Rollout. Otherwise the class's gradient is combined by
-    ``rule``: "rollout" (Gradient Rollout) or "chefer" (Chefer et al. 2021). One forward (and
-    backward) serves every fusion in ``head_fusions``.
+    ``method`` is a key of rollout.METHODS: "attention" (Attention Rollout), or "gradient"
+    (Gradient Rollout) or "chefer" (Chefer et al. 2021), which explain the class ``category``
+    (an int, or one per image as a (B,) tensor). One model run serves every fusion.
     """
-    logits, attentions, gradients = run_model(weights, images, category)
-    return logits, rollouts(attentions, gradients, head_fusions, discard_ratio, rule)
+    logits, attentions, gradients = _run(weights, images, method, category)
+    with torch.no_grad():
+        maps = {f: method_rollout(method, attentions, gradients, f, discard_ratio) for f in head_fusions}
+    return logits, maps
 
 
-def explain_by_layer(weights, images, head_fusion="mean", discard_ratio=0.0, category=None, rule="rollout"):
-    """-> (logits, (L, B, G, G) rollout after each layer, (L, B, G, G) each layer's raw CLS attention)."""
-    logits, attentions, gradients = run_model(weights, images, category)
-    return (logits, *rollouts_by_layer(attentions, gradients, head_fusion, discard_ratio, rule))
+def explain_by_layer(weights, images, method="attention", *, category=None, head_fusions=("mean",),
+                     discard_ratio=0.0):
+    """As ``explain``, layer by layer -> ``(logits, {fusion: (L, B, G, G)}, {fusion: (L, B, G, G)})``.
+
+    The first dict holds the rollout through layers 1..l for each l (its last entry is
+    ``explain``'s map); the second each layer's own CLS attention, heads fused -- what the layer
+    itself looks at, before discard or gradient weighting.
+    """
+    logits, attentions, gradients = _run(weights, images, method, category)
+    renormalise = method_named(method).renormalise
+    with torch.no_grad():
+        by_layer = {f: rollout_by_layer(layer_maps(method, attentions, gradients, f, discard_ratio), renormalise)
+                    for f in head_fusions}
+        own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in attentions]) for f in head_fusions}
+    return logits, by_layer, own

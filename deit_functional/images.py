@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .model import IMAGE_SIZE, PATCH
+from .model import IMAGE_SIZE, P
 
 # The pretrained data config of timm's deit_tiny_patch16_224 (ImageNet statistics), kept here so
 # a run need not import timm; tests/test_images.py asserts they equal timm's.
@@ -79,9 +79,9 @@ def _to_rgb8(pixels, path):
         colour = (colour * a + 255 * (1 - a) + 0.5).astype(np.uint8)
     if colour.shape[-1] == 1:
         colour = np.repeat(colour, 3, axis=-1)
-    if min(colour.shape[:2]) < PATCH:
+    if min(colour.shape[:2]) < P:
         raise ImageError(f"{path}: picture is {colour.shape[1]}x{colour.shape[0]} pixels, "
-                         f"smaller than one {PATCH}x{PATCH} patch")
+                         f"smaller than one {P}x{P} patch")
     return np.ascontiguousarray(colour)
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .model import CLASSES, DEPTH, MLP_WIDTH, PATCH, TOKENS, WIDTH
+from .model import C, D, L, M, N, P
 
 HUB_REPO = "timm/deit_tiny_patch16_224.fb_in1k"
 HUB_FILE = "model.safetensors"
@@ -29,14 +29,13 @@ class WeightsError(ValueError):
 
 def expected_shapes():
     """Every state-dict key of deit_tiny_patch16_224 with its shape (5,717,416 parameters)."""
-    D, M = WIDTH, MLP_WIDTH
     layer = {"norm1": (D,), "attn.qkv": (3 * D, D), "attn.proj": (D, D),
              "norm2": (D,), "mlp.fc1": (M, D), "mlp.fc2": (D, M)}
-    shapes = {"cls_token": (1, 1, D), "pos_embed": (1, TOKENS, D),
-              "patch_embed.proj.weight": (D, 3, PATCH, PATCH), "patch_embed.proj.bias": (D,),
+    shapes = {"cls_token": (1, 1, D), "pos_embed": (1, N, D),
+              "patch_embed.proj.weight": (D, 3, P, P), "patch_embed.proj.bias": (D,),
               "norm.weight": (D,), "norm.bias": (D,),
-              "head.weight": (CLASSES, D), "head.bias": (CLASSES,)}
-    for i in range(DEPTH):
+              "head.weight": (C, D), "head.bias": (C,)}
+    for i in range(L):
         for name, shape in layer.items():
             shapes[f"blocks.{i}.{name}.weight"] = shape
             shapes[f"blocks.{i}.{name}.bias"] = (shape[0],)
@@ -108,7 +107,7 @@ def _nest(state, device):
         for part in path:
             node = node.setdefault(part, {})
         node[leaf] = value.detach().to(device=device, dtype=torch.float32, copy=True)
-    tree["blocks"] = [tree["blocks"][str(i)] for i in range(DEPTH)]
+    tree["blocks"] = [tree["blocks"][str(i)] for i in range(L)]
     return tree
 
 

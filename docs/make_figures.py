@@ -18,18 +18,17 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deit_functional import load_image, load_weights, to_input  # noqa: E402
+from deit_functional import explain, explain_by_layer, load_image, load_weights, to_input  # noqa: E402
+from deit_functional.drawing import join, layer_figure, overlay, to_height, upsample  # noqa: E402
 from deit_functional.evaluate import perturbation_test  # noqa: E402
-from deit_functional.explain import explain, explain_by_layer  # noqa: E402
-from deit_functional.render import (join, layer_figure, overlay, to_height, upsample,  # noqa: E402
-                                    write_atomically)
 from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
+from deit_functional.writing import write_atomically  # noqa: E402
 from deit_functional.weights import expected_shapes  # noqa: E402
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict  # noqa: E402
 
 FIGURES = ROOT / "docs" / "figures"
 # One scene for every planted figure: 210 x 280 pixels (not square, so the whole-picture resize
-# to 224 x 224 and the stretch back in render.upsample are exercised), a red square of side 70 at
+# to 224 x 224 and the stretch back in drawing.upsample are exercised), a red square of side 70 at
 # (top 30, left 40) and a smaller blue square of side 50 at (top 110, left 170), neither aligned
 # to the 15 x 20-pixel patches. The red square is the larger, so the model's top class is RED_CLASS.
 HEIGHT, WIDTH = 210, 280
@@ -53,7 +52,7 @@ def grey(picture):
 
 def figure_a(weights, picture, x):
     """Attention Rollout with the three head fusions: mean, min, max."""
-    logits, maps = explain(weights, x[None], HEAD_FUSIONS, DISCARD)
+    logits, maps = explain(weights, x[None], "attention", head_fusions=HEAD_FUSIONS, discard_ratio=DISCARD)
     grids = [maps[f][0] for f in HEAD_FUSIONS]
     save("a_attention_rollout_fusions.png", join(panels(picture, grids, grey(picture))))
     spread = max(float((maps[f] - maps["mean"]).abs().max()) for f in HEAD_FUSIONS)
@@ -66,8 +65,8 @@ def figure_a(weights, picture, x):
 def figure_b(weights, picture, x):
     """Top row: Gradient Rollout for RED_CLASS and for BLUE_CLASS. Bottom row: Chefer's rule."""
     rows = []
-    for rule in ("rollout", "chefer"):
-        grids = [explain(weights, x[None], ("mean",), DISCARD, category, rule)[1]["mean"][0]
+    for method in ("gradient", "chefer"):
+        grids = [explain(weights, x[None], method, category=category, discard_ratio=DISCARD)[1]["mean"][0]
                  for category in (RED_CLASS, BLUE_CLASS)]
         rows.append(join(panels(picture, grids, grey(picture))))
     save("b_gradient_red_vs_blue.png", join(rows, axis=0))
@@ -75,8 +74,9 @@ def figure_b(weights, picture, x):
 
 def figure_c(weights, picture, x):
     """Per layer, Attention Rollout: rollout after layers 1..12 (top), each layer's raw CLS attention."""
-    _, by_layer, raw = explain_by_layer(weights, x[None], "mean", DISCARD)
-    save("c_per_layer.png", layer_figure(grey(picture), by_layer[:, 0], raw[:, 0], height=84, gap=4))
+    _, by_layer, own = explain_by_layer(weights, x[None], "attention", discard_ratio=DISCARD)
+    by_layer, own = by_layer["mean"][:, 0], own["mean"][:, 0]
+    save("c_per_layer.png", layer_figure(grey(picture), by_layer, own, height=84, gap=4))
     change = float((by_layer - by_layer[-1]).abs().max())
     print(f"  largest difference between any layer's rollout and the last one: {change:.1e}")
 
@@ -87,7 +87,7 @@ def figure_d(weights, x):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    true = explain(weights, x[None], ("mean",), DISCARD, RED_CLASS)[1]["mean"][0]
+    true = explain(weights, x[None], "gradient", category=RED_CLASS, discard_ratio=DISCARD)[1]["mean"][0]
     random = torch.rand(true.shape, generator=torch.Generator().manual_seed(0))
     # The test only uses the ranking; -true reverses it exactly. (1 - true would tie every
     # patch whose value is below float32's resolution next to 1 at exactly 1.)
@@ -139,14 +139,14 @@ def figure_e():
     weights = load_weights(random_state_dict())
     x, picture = load_image(ROOT / "images" / "cat.jpg")
     small = to_height(picture, 128)
-    grids = [explain(weights, x[None], ("mean",), ratio)[1]["mean"][0] for ratio in (0.0, 0.9)]
+    grids = [explain(weights, x[None], "attention", discard_ratio=ratio)[1]["mean"][0] for ratio in (0.0, 0.9)]
     save("e_random_weights_cat.png", join(panels(small, grids)))
     print(f"  random weights: smallest patch value of the max-1 map: discard 0 -> {grids[0].min():.3f}, "
           f"discard 0.9 -> {grids[1].min():.3f}")
 
 
 def save(name, picture):
-    """Write a PNG at full zlib compression (render.save_png favours speed over size)."""
+    """Write a PNG at full zlib compression (writing.save_png favours speed over size)."""
     import imageio.v3 as iio
 
     path = FIGURES / name

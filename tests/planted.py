@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from deit_functional.images import MEAN, STD
-from deit_functional.model import DEPTH, GRID, HEADS, PATCH, TOKENS, WIDTH
+from deit_functional.model import D, G, H, L, N, P, d
 from deit_functional.weights import expected_shapes
 
 RED_CLASS = 87    # ImageNet "African grey, African gray, Psittacus erithacus": the parrot
@@ -79,12 +79,11 @@ COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
 
 # Residual-stream dims (see the module docstring); TWIN + k holds -x[k].
 RED, BLUE, ACC_R, ACC_B, CLSF, PATF, GY, GX, GSQ, FILL, BAL = range(11)
-TWIN = WIDTH // 2
-HEAD_DIM = WIDTH // HEADS
+TWIN = D // 2
 
 STATIC_NORM = 20.0  # norm of dims CLSF..FILL of every token (the largest patch needs ~12.5)
 BALLAST = 1000.0    # makes dynamic features (a few units) move a token's std by ~1e-5
-SIGMA = float(np.sqrt(2 * (STATIC_NORM ** 2 + BALLAST ** 2) / WIDTH))  # every token's std
+SIGMA = float(np.sqrt(2 * (STATIC_NORM ** 2 + BALLAST ** 2) / D))  # every token's std
 
 LAMBDA = 8.0    # CLS attention: a fully coloured patch scores e^8 against a grey one
 BETA = 8.0      # patch attention: a neighbour gets e^-8 of a patch's self-attention
@@ -100,7 +99,7 @@ def planted_state_dict():
     state["patch_embed.proj.weight"], state["patch_embed.proj.bias"] = _colour_detectors()
     state["pos_embed"][0] = _position_codes()  # cls_token stays 0: pos_embed row 0 marks CLS
     qkv_weight, proj_weight = _attention()
-    for i in range(DEPTH):
+    for i in range(L):
         for norm in ("norm1", "norm2"):
             state[f"blocks.{i}.{norm}.weight"].fill_(SIGMA)  # LayerNorm(x) = x, see docstring
         state[f"blocks.{i}.attn.qkv.weight"] = qkv_weight.clone()
@@ -146,24 +145,24 @@ def _detector(target, other):
 
 def _colour_detectors():
     """patch_embed: RED and BLUE = mean over the patch's 256 pixels of the per-pixel detector."""
-    weight, bias = torch.zeros(WIDTH, 3, PATCH, PATCH), torch.zeros(WIDTH)
+    weight, bias = torch.zeros(D, 3, P, P), torch.zeros(D)
     for dim, target, other in ((RED, "red", "blue"), (BLUE, "blue", "red")):
         w, c = _detector(COLOURS[target], COLOURS[other])
-        _put(weight, dim, (w / PATCH ** 2).float().view(3, 1, 1).expand(3, PATCH, PATCH))
+        _put(weight, dim, (w / P ** 2).float().view(3, 1, 1).expand(3, P, P))
         _put(bias, dim, float(c))
     return weight, bias
 
 
 def _position_codes():
-    """(TOKENS, WIDTH): the static part of every token; row 0 is CLS, then patches row-major."""
-    codes = torch.zeros(TOKENS, WIDTH, dtype=torch.float64)
-    centred = torch.arange(GRID, dtype=torch.float64) - (GRID - 1) / 2
-    for token in range(TOKENS):
+    """(N, D): the static part of every token; row 0 is CLS, then patches row-major."""
+    codes = torch.zeros(N, D, dtype=torch.float64)
+    centred = torch.arange(G, dtype=torch.float64) - (G - 1) / 2
+    for token in range(N):
         code = codes[token]
         if token == 0:
             _put(code, CLSF, 1.0)
         else:
-            gy, gx = centred[(token - 1) // GRID], centred[(token - 1) % GRID]
+            gy, gx = centred[(token - 1) // G], centred[(token - 1) % G]
             for dim, value in ((PATF, 1.0), (GY, gy), (GX, gx), (GSQ, (gy ** 2 + gx ** 2) / 10)):
                 _put(code, dim, value)
         used = code[CLSF:FILL].pow(2).sum()  # primary dims only; the twins mirror them
@@ -173,12 +172,12 @@ def _position_codes():
 
 
 def _attention():
-    """qkv.weight (3*WIDTH, WIDTH) and proj.weight (WIDTH, WIDTH), the same for every block."""
-    qkv = torch.zeros(3, HEADS, HEAD_DIM, WIDTH)  # (q/k/v, head, head dim, residual dim)
-    proj = torch.zeros(WIDTH, HEADS, HEAD_DIM)    # (residual dim, head, head dim)
+    """qkv.weight (3*D, D) and proj.weight (D, D), the same for every block."""
+    qkv = torch.zeros(3, H, d, D)  # (q/k/v, head, head dim, residual dim)
+    proj = torch.zeros(D, H, d)    # (residual dim, head, head dim)
     q, k, v = qkv
-    unscale = HEAD_DIM ** 0.5  # the model multiplies q by HEAD_DIM ** -0.5
-    for h in range(HEADS):
+    unscale = d ** 0.5  # the model multiplies q by d ** -0.5
+    for h in range(H):
         # head dim 0: CLS looks for coloured patches.
         q[h, 0, CLSF] = LAMBDA * unscale
         k[h, 0, RED] = k[h, 0, BLUE] = 1.0
@@ -192,6 +191,6 @@ def _attention():
         k[h, 4, CLSF] = 1.0
         # values: the colour shares, gathered into ACC_R / ACC_B (the heads share ETA).
         v[h, 0, RED] = v[h, 1, BLUE] = 1.0
-        _put(proj[:, h, 0], ACC_R, ETA / HEADS)
-        _put(proj[:, h, 1], ACC_B, ETA / HEADS)
-    return qkv.reshape(3 * WIDTH, WIDTH), proj.reshape(WIDTH, WIDTH)
+        _put(proj[:, h, 0], ACC_R, ETA / H)
+        _put(proj[:, h, 1], ACC_B, ETA / H)
+    return qkv.reshape(3 * D, D), proj.reshape(D, D)

@@ -11,16 +11,18 @@ from script_runs import GRADIENT, run
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 
-@pytest.mark.parametrize("category", [None, 87])
-def test_explain_on_cuda_equals_cpu(timm_model, weights, images, category):
+@pytest.mark.parametrize("method, category", [("attention", None), ("gradient", 87), ("chefer", 87)])
+def test_explain_on_cuda_equals_cpu(timm_model, weights, images, method, category):
     on_gpu = load_weights(timm_model, device="cuda")
-    logits, maps = explain(on_gpu, images.cuda(), ("mean", "min", "max"), 0.0, category)
-    ref_logits, ref_maps = explain(weights, images, ("mean", "min", "max"), 0.0, category)
+    how = dict(category=category, head_fusions=("mean", "min", "max"))
+    logits, maps = explain(on_gpu, images.cuda(), method, **how)
+    ref_logits, ref_maps = explain(weights, images, method, **how)
     assert logits.is_cuda and all(m.is_cuda for m in maps.values())
     torch.testing.assert_close(logits.cpu(), ref_logits, rtol=0, atol=1e-4)
     for fusion, ref in ref_maps.items():
         torch.testing.assert_close(maps[fusion].cpu(), ref, rtol=0, atol=1e-4)
-    _, discarded = explain(on_gpu, images.cuda(), ("max",), 0.9, category)  # torch.kthvalue path
+    _, discarded = explain(on_gpu, images.cuda(), method, category=category, head_fusions=("max",),
+                           discard_ratio=0.9)  # torch.kthvalue path
     assert torch.isfinite(discarded["max"]).all() and discarded["max"].amax() == 1
 
 

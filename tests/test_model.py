@@ -5,34 +5,11 @@ from pathlib import Path
 import torch
 
 from deit_functional import forward
-
-
-def timm_unfused(model, images, keep_grad=False):
-    """timm's own forward with fused attention off, capturing each block's post-softmax map
-    with hooks (fine in a test, never in the package)."""
-    maps, handles = [], []
-
-    def capture(module, inputs, output):
-        if keep_grad:
-            output.retain_grad()
-        maps.append(output)
-
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-        handles.append(blk.attn.attn_drop.register_forward_hook(capture))
-    try:
-        with torch.set_grad_enabled(keep_grad):
-            logits = model(images.requires_grad_(keep_grad) if keep_grad else images)
-    finally:
-        for h in handles:
-            h.remove()
-        for blk in model.blocks:
-            blk.attn.fused_attn = True
-    return logits, maps
+from timm_reference import timm_attention
 
 
 def test_logits_and_every_attention_map_are_bitwise_timms_unfused(timm_model, weights, images):
-    ref_logits, ref_maps = timm_unfused(timm_model, images)
+    ref_logits, ref_maps, _ = timm_attention(timm_model, images)
     with torch.no_grad():
         logits, maps = forward(weights, images)
     assert logits.shape == (3, 1000) and len(maps) == 12
@@ -52,16 +29,15 @@ def test_logits_match_timms_default_fused_path(timm_model, weights, images):
 
 def test_retained_attention_gradients_equal_timms(timm_model, weights, images):
     category = torch.tensor([87, 258, 3])
-    ref_logits, ref_maps = timm_unfused(timm_model, images.clone(), keep_grad=True)
-    ref_logits.gather(1, category[:, None]).sum().backward()
+    _, _, ref_gradients = timm_attention(timm_model, images, category)
     timm_model.zero_grad(set_to_none=True)
 
     logits, maps = forward(weights, images, retain_grad=True)
     logits.gather(1, category[:, None]).sum().backward()
-    for layer, (ours, theirs) in enumerate(zip(maps, ref_maps)):
+    for layer, (ours, theirs) in enumerate(zip(maps, ref_gradients)):
         assert ours.grad is not None, f"layer {layer} kept no gradient"
         assert ours.grad.abs().max() > 0
-        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-7, msg=f"layer {layer}")
+        torch.testing.assert_close(ours.grad, theirs, rtol=0, atol=1e-7, msg=f"layer {layer}")
 
 
 def test_retain_grad_works_inside_no_grad(weights, images):

@@ -1,13 +1,14 @@
-"""Both rollouts against an independent naive reference, and properties that must always hold."""
+"""Every method against an independent naive reference, and properties that must always hold."""
 import numpy as np
 import pytest
 import torch
 
-from deit_functional import explain, forward
-from deit_functional.explain import explain_by_layer
-from deit_functional.rollout import (HEAD_FUSIONS, attention_layers, attention_rollout, chefer_rollout,
-                                     cls_relevance, discard_lowest, fuse_heads, gradient_rollout,
+from deit_functional import METHODS, explain, explain_by_layer, forward
+from deit_functional.fast_forms import cls_row_of_product
+from deit_functional.rollout import (HEAD_FUSIONS, attention_rollout, chefer_rollout, discard_lowest,
+                                     fuse_heads, gradient_rollout, layer_maps, method_rollout,
                                      rollout_by_layer)
+from timm_reference import timm_attention
 
 L, B, H, N, G = 12, 3, 3, 197, 14
 
@@ -19,7 +20,7 @@ def random_maps(seed, dtype=torch.float32):
     return attentions, gradients
 
 
-def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
+def naive(attentions, gradients=None, fusion="mean", ratio=0.0, method="attention"):
     """Per image, per layer, full N x N matrices in float64, straight from the definitions."""
     fuse = {"mean": lambda a: a.mean(0), "min": lambda a: a.min(0), "max": lambda a: a.max(0)}[fusion]
     maps = []
@@ -29,10 +30,10 @@ def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
             a = attentions[layer][b].double().numpy()
             if gradients is not None:
                 a = a * gradients[layer][b].double().numpy()
-            if rule == "chefer":
+            if method == "chefer":
                 a = np.maximum(a, 0)  # clamp each head, then fuse
             A = fuse(a)
-            if gradients is not None and rule == "rollout":
+            if method == "gradient":
                 A = np.maximum(A, 0)  # fuse, then clamp
             if ratio:
                 values = np.sort(A[:, 1:].ravel())
@@ -40,7 +41,7 @@ def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
                 keep = A > threshold
                 keep[:, 0] = True
                 A = A * keep
-            if rule == "chefer":
+            if method == "chefer":
                 R = R + A @ R
             else:
                 A = A + np.eye(N)
@@ -51,15 +52,6 @@ def naive(attentions, gradients=None, fusion="mean", ratio=0.0, rule="rollout"):
 
 
 CASES = [(f, r) for f in HEAD_FUSIONS for r in (0.0, 0.9)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_head_fusions_are_exactly_torch_reductions_over_heads(dtype):
-    attentions, gradients = random_maps(seed=4, dtype=dtype)
-    for maps in (attentions[0], gradients[0], attentions[0][:, :1]):  # one head too
-        assert torch.equal(fuse_heads(maps, "mean"), maps.mean(dim=1))
-        assert torch.equal(fuse_heads(maps, "min"), maps.amin(dim=1))
-        assert torch.equal(fuse_heads(maps, "max"), maps.amax(dim=1))
 
 
 @pytest.mark.parametrize("fusion, ratio", CASES)
@@ -73,10 +65,10 @@ def test_attention_rollout_equals_naive_reference(fusion, ratio):
 
 
 @pytest.mark.parametrize("fusion, ratio", CASES)
-@pytest.mark.parametrize("rule, function", [("rollout", gradient_rollout), ("chefer", chefer_rollout)])
-def test_gradient_rollouts_equal_naive_reference(fusion, ratio, rule, function):
+@pytest.mark.parametrize("method, function", [("gradient", gradient_rollout), ("chefer", chefer_rollout)])
+def test_gradient_rollouts_equal_naive_reference(fusion, ratio, method, function):
     attentions, gradients = random_maps(seed=2)
-    expected = naive(attentions, gradients, fusion, ratio, rule)
+    expected = naive(attentions, gradients, fusion, ratio, method)
     for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
         ours = function([a.to(dtype) for a in attentions], [g.to(dtype) for g in gradients], fusion, ratio)
         np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=tolerance)
@@ -89,7 +81,7 @@ def test_properties_hold_for_every_method_fusion_and_ratio(seed):
     for fusion in HEAD_FUSIONS:
         fused = [discard_lowest(fuse_heads(a, fusion), ratio) for a in attentions]
         # the CLS row keeps total mass 1 through every product, as it must if each Ã row sums to 1
-        torch.testing.assert_close(cls_relevance(fused).sum(dim=1), torch.ones(B, dtype=torch.float32))
+        torch.testing.assert_close(cls_row_of_product(fused).sum(dim=1), torch.ones(B, dtype=torch.float32))
         for maps in (attention_rollout(attentions, fusion, ratio),
                      gradient_rollout(attentions, gradients, fusion, ratio),
                      chefer_rollout(attentions, gradients, fusion, ratio)):
@@ -121,39 +113,40 @@ def test_discard_ratio_outside_range_is_refused():
         attention_rollout(attentions, "median")
 
 
-def hooked_timm_gradients(model, images, category):
-    """Reference attention maps and gradients from timm itself: each block's map captured by a
-    forward hook, its gradient by autograd.grad -- paired by block, not by hook call order."""
-    maps, handles = [], []
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-        handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o)))
-    try:
-        logits = model(images.clone().requires_grad_(True))
-        gradients = torch.autograd.grad(logits[:, category].sum(), maps)
-    finally:
-        for h in handles:
-            h.remove()
-        for blk in model.blocks:
-            blk.attn.fused_attn = True
-    return [m.detach() for m in maps], [g.detach() for g in gradients]
+def test_a_method_that_uses_the_gradient_refuses_maps_without_their_gradients():
+    attentions, gradients = random_maps(seed=4)
+    for bad in (None, gradients[:-1], [None] * L, [g[:, :1] for g in gradients]):
+        with pytest.raises(ValueError, match="needs one gradient per attention map"):
+            gradient_rollout(attentions, bad)
+        with pytest.raises(ValueError, match="needs one gradient per attention map"):
+            method_rollout("chefer", attentions, bad)
 
 
-@pytest.mark.parametrize("rule", ["rollout", "chefer"])
-def test_explain_pairs_each_layer_with_its_own_gradient(timm_model, weights, images, rule):
+def test_explain_takes_a_category_exactly_when_the_method_uses_the_gradient(weights, images):
+    with pytest.raises(ValueError, match="uses no gradient"):
+        explain(weights, images, "attention", category=87)
+    for method in ("gradient", "chefer"):
+        with pytest.raises(ValueError, match="explains one class"):
+            explain(weights, images, method)
+    with pytest.raises(ValueError, match="unknown method 'rollout'; choose one of attention, gradient, chefer"):
+        explain(weights, images, "rollout")
+
+
+@pytest.mark.parametrize("method", ["gradient", "chefer"])
+def test_explain_pairs_each_layer_with_its_own_gradient(timm_model, weights, images, method):
     category = 87
-    maps, gradients = hooked_timm_gradients(timm_model, images, category)
-    expected = naive(maps, gradients, "max", 0.0, rule)
-    reversed_pairing = naive(maps, gradients[::-1], "max", 0.0, rule)
+    _, maps, gradients = timm_attention(timm_model, images, category)
+    expected = naive(maps, gradients, "max", 0.0, method)
+    reversed_pairing = naive(maps, gradients[::-1], "max", 0.0, method)
     tolerance = 1e-5
     # the pairing matters far beyond the tolerance, so the check below tells the two apart
     assert np.abs(expected - reversed_pairing).max() > 100 * tolerance
-    logits, ours = explain(weights, images, ("max",), 0.0, category, rule)
+    logits, ours = explain(weights, images, method, category=category, head_fusions=("max",))
     np.testing.assert_allclose(ours["max"].numpy(), expected, rtol=0, atol=tolerance)
 
 
 def test_explain_without_category_is_attention_rollout_of_the_forward(weights, images):
-    logits, ours = explain(weights, images, HEAD_FUSIONS, 0.9)
+    logits, ours = explain(weights, images, head_fusions=HEAD_FUSIONS, discard_ratio=0.9)
     with torch.no_grad():
         ref_logits, attentions = forward(weights, images)
     assert torch.equal(logits, ref_logits)
@@ -163,38 +156,37 @@ def test_explain_without_category_is_attention_rollout_of_the_forward(weights, i
 
 def test_explain_takes_one_category_per_image(weights, images):
     categories = torch.tensor([87, 258, 3])
-    _, together = explain(weights, images, ("mean",), 0.0, categories)
+    _, together = explain(weights, images, "gradient", category=categories)
     for b in range(B):
-        _, alone = explain(weights, images[b:b + 1], ("mean",), 0.0, int(categories[b]))
+        _, alone = explain(weights, images[b:b + 1], "gradient", category=int(categories[b]))
         torch.testing.assert_close(together["mean"][b], alone["mean"][0], rtol=0, atol=1e-6)
 
 
 def test_rollout_by_layer_is_the_rollout_of_the_first_layers():
     attentions, _ = random_maps(seed=5)
-    by_layer = rollout_by_layer(attention_layers(attentions, "max", 0.5))
+    by_layer = rollout_by_layer(layer_maps("attention", attentions, None, "max", 0.5))
     assert by_layer.shape == (L, B, G, G)
     for depth in (1, 2, 7, 12):
         np.testing.assert_allclose(by_layer[depth - 1].numpy(), naive(attentions[:depth], fusion="max", ratio=0.5),
                                    rtol=0, atol=1e-6)
 
 
-def test_explain_by_layer_gives_each_layers_own_cls_row(weights, images):
-    _, by_layer, own = explain_by_layer(weights, images, "mean", 0.0)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_explain_by_layer_ends_where_explain_does_and_gives_each_layers_own_cls_row(weights, images, method):
+    how = dict(category=87 if METHODS[method].uses_gradient else None, head_fusions=HEAD_FUSIONS,
+               discard_ratio=0.5)
+    logits, by_layer, own = explain_by_layer(weights, images, method, **how)
+    final_logits, maps = explain(weights, images, method, **how)
+    assert torch.equal(logits, final_logits)
     with torch.no_grad():
         _, attentions = forward(weights, images)
-    assert own.shape == by_layer.shape == (L, B, G, G)
-    for layer in (0, 5, 11):
-        row = attentions[layer].mean(dim=1)[:, 0, 1:]
-        torch.testing.assert_close(own[layer], (row / row.amax(dim=1, keepdim=True)).view(B, G, G))
-    torch.testing.assert_close(by_layer[-1], attention_rollout(attentions, "mean", 0.0))
-
-
-def test_kth_smallest_equals_torch_kthvalue():
-    from deit_functional.rollout import kth_smallest
-    values = torch.randn(5, 1000, generator=torch.Generator().manual_seed(6))
-    values[2, :500] = 0.25  # ties
-    for k in (1, 2, 499, 500, 501, 900, 1000):
-        assert torch.equal(kth_smallest(values, k), values.kthvalue(k, dim=1).values)
+    for fusion in HEAD_FUSIONS:
+        assert own[fusion].shape == by_layer[fusion].shape == (L, B, G, G)
+        assert torch.equal(by_layer[fusion][-1], maps[fusion])  # the command line relies on it
+        for layer in (0, 5, 11):
+            row = {"mean": attentions[layer].mean(dim=1), "min": attentions[layer].amin(dim=1),
+                   "max": attentions[layer].amax(dim=1)}[fusion][:, 0, 1:]
+            torch.testing.assert_close(own[fusion][layer], (row / row.amax(dim=1, keepdim=True)).view(B, G, G))
 
 
 def test_rollouts_accept_maps_straight_from_a_retain_grad_forward(weights, images):

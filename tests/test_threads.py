@@ -1,19 +1,18 @@
-"""The command line decodes and writes in worker threads while the model runs in the main one.
+"""The pipeline decodes and writes in worker threads while the model runs in the main one.
 
 A parallel torch op in a worker would give that thread an OpenMP pool of its own, and with more
-OpenMP threads than cores libgomp makes the model's threads sleep at every barrier (cli.py). A
-new pool shows as a new thread of the process, so the test counts them.
+OpenMP threads than cores libgomp makes the model's threads sleep at every barrier
+(pipeline.py). A new pool shows as a new thread of the process, so the test counts them.
 """
 import os
-from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from deit_functional.cli import write_results
 from deit_functional.images import read_picture, to_input
+from deit_functional.outputs import PictureResult, write
 from script_runs import ROOT
 
 PHOTO = ROOT / "images" / "coffee.jpg"  # 600x400: large enough for torch to go parallel
@@ -26,15 +25,12 @@ def threads():
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in Linux's /proc")
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs single-threaded here")
 def test_decoding_and_writing_start_no_threads_of_their_own(tmp_path):
-    result = {"report": [], "grids": {"mean": torch.rand(14, 14)}}
-    args = Namespace(output_dir=tmp_path, save_grid=False)
-
     def decode_and_write(name, also=lambda picture: None):
         before = threads()
         picture = read_picture(PHOTO)
         also(picture)
-        targets = {"overlay": tmp_path / f"{name}.png", "mask mean": tmp_path / f"{name}_mask.npy"}
-        write_results(PHOTO, picture, result, targets, args)
+        result = PictureResult(PHOTO, picture, torch.rand(1000), {"mean": torch.rand(14, 14)})
+        write(result, {"overlay": tmp_path / f"{name}.png", "mask mean": tmp_path / f"{name}_mask.npy"})
         return threads() - before
 
     with ThreadPoolExecutor(1) as worker:  # one worker thread, alive for both calls

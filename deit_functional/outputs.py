@@ -1,0 +1,112 @@
+"""One picture's results: what they hold, the files they are written to, the lines printed.
+
+A result's files are named ``<picture stem>_<tag>[-<n>]<ending>``: the tag carries method, head
+fusion, discard ratio and category, so different runs never collide, and a counter n is added
+where a name is taken, so nothing existing is ever overwritten.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .drawing import curves_figure, join, layer_figure, overlay, upsample
+from .labels import class_names, top_classes
+from .rollout import method_named
+from .writing import save_figure, save_json, save_npy, save_png
+
+
+@dataclass
+class PictureResult:
+    """What one picture's explanation produced, on the CPU, ready to write."""
+    path: Path                    # the picture file, as given
+    picture: np.ndarray           # (H, W, 3) uint8, as read
+    probabilities: torch.Tensor   # (C,)
+    maps: dict                    # head fusion -> (G, G) map, max 1
+    # head fusion -> ((L, G, G) rollout through layers 1..l, (L, G, G) each layer's own attention)
+    layers: dict = field(default_factory=dict)
+    category: int | None = None   # the class the faithfulness is scored for
+    faithfulness: dict | None = None  # head fusion -> perturbation-test scores (evaluate.py)
+
+
+def file_tag(method, head_fusions, discard_ratio, category=None):
+    """The part of every file name that says how the picture was explained."""
+    parts = [method_named(method).file_name, head_fusions[0] if len(head_fusions) == 1 else "all",
+             f"discard{discard_ratio:g}"]
+    if category is not None:
+        parts.append(f"category{category}")
+    return "_".join(parts)
+
+
+def file_endings(result, save_grid=False):
+    """{kind: file-name ending} of the files ``result`` is written to."""
+    named = lambda fusion, ending: f"_{fusion}{ending}" if len(result.maps) > 1 else ending
+    endings = {"overlay": ".png"}
+    for fusion in result.maps:
+        endings[f"mask {fusion}"] = named(fusion, "_mask.npy")
+        if save_grid:
+            endings[f"grid {fusion}"] = named(fusion, "_grid.npy")
+        if fusion in result.layers:
+            endings[f"layers {fusion}"] = named(fusion, "_layers.png")
+    if result.faithfulness is not None:
+        endings["evaluation"] = "_evaluation.json"
+        endings["plot"] = "_evaluation.png"
+    return endings
+
+
+class Names:
+    """Output paths in ``folder`` that collide with no existing file and none given out before."""
+
+    def __init__(self, folder, tag):
+        self.folder, self.tag, self.taken = Path(folder), tag, set()
+
+    def claim(self, picture_path, endings):
+        """{kind: ending} -> {kind: path}, all with one free stem."""
+        stem = f"{Path(picture_path).stem}_{self.tag}"
+        for n in range(1, 10_000):
+            base = stem if n == 1 else f"{stem}-{n}"
+            paths = {kind: self.folder / f"{base}{ending}" for kind, ending in endings.items()}
+            if not any(p in self.taken or p.exists() or p.is_symlink() for p in paths.values()):
+                self.taken.update(paths.values())
+                return paths
+        raise RuntimeError(f"no free output name for {stem}")
+
+
+def write(result, targets):
+    """Write ``result`` to ``targets`` {kind: path} (from file_endings, claimed) -> the lines to
+    print: the picture, its top-5 classes, its faithfulness table, every file written."""
+    targets = dict(targets)
+    targets["overlay"].parent.mkdir(parents=True, exist_ok=True)
+    masks = {f: upsample(g, result.picture.shape[:2]) for f, g in result.maps.items()}
+    save_png(targets["overlay"], join([overlay(result.picture, m) for m in masks.values()]))
+    for fusion, mask in masks.items():
+        save_npy(targets[f"mask {fusion}"], mask)
+        if f"grid {fusion}" in targets:
+            save_npy(targets[f"grid {fusion}"], result.maps[fusion].float().numpy())
+        if fusion in result.layers:
+            save_png(targets[f"layers {fusion}"], layer_figure(result.picture, *result.layers[fusion]))
+    notes = []
+    if result.faithfulness is not None:
+        save_json(targets["evaluation"], {"picture": str(result.path), "category": result.category,
+                                          "fusions": result.faithfulness})
+        figure = curves_figure(result.faithfulness, class_names()[result.category].split(",")[0])
+        if figure is None:
+            del targets["plot"]
+            notes.append("  (no curves plot: matplotlib is not installed; pip install matplotlib)")
+        else:
+            save_figure(targets["plot"], figure)
+    return [f"{result.path}:", *report(result), *notes, *(str(t) for t in targets.values())]
+
+
+def report(result):
+    """The lines printed about ``result``: its top-5 classes, then its faithfulness table."""
+    lines = top_classes(result.probabilities)
+    if result.faithfulness is not None:
+        lines += [f"  faithfulness for class {result.category} {class_names()[result.category]} "
+                  "(perturbation test; positive AUC: lower is better, negative AUC: higher is better)",
+                  "    fusion  positive AUC  negative AUC"]
+        lines += [f"    {fusion:6}  {s['positive_auc']:12.4f}  {s['negative_auc']:12.4f}"
+                  for fusion, s in result.faithfulness.items()]
+    return lines

@@ -1,0 +1,140 @@
+"""Explaining many pictures: batches through the model, decoding and writing in worker threads.
+
+Why it is built this way (each point measured; bench/README.md):
+
+* The main thread runs the model; two threads decode pictures and two write results, so the
+  model waits for neither. Torch runs in the main thread only: each thread that runs a
+  parallel torch op gets an OpenMP pool of its own, and with more OpenMP threads than cores
+  libgomp cuts its spin-waits short, so the model's threads fell asleep at every barrier and it
+  ran 4% slower. The workers therefore use numpy alone (decoding, upsampling, colouring, PNG
+  writing); only --per-layer's figure still resizes its thumbnails with torch.
+* On a GPU, decoding and writing overlap the model. On the CPU the model's threads already
+  fill every core, and overlapping cost 20%, so there the next batch is decoded while this one
+  is written, between model runs.
+* glibc is asked to keep freed memory for reuse: otherwise every batch faults its buffers in
+  afresh, ~10% of a folder run.
+* Output names are claimed in the main thread, in picture order, before a write starts.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .evaluate import perturbation_test
+from .explain import explain, explain_by_layer
+from .images import ImageError, read_picture, to_input
+from .outputs import Names, PictureResult, file_endings, file_tag, write
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to do with every picture (checked by the command line, or by a caller)."""
+    method: str                   # a key of rollout.METHODS
+    category: int | None          # the class explained, for a method that uses the gradient
+    head_fusions: tuple           # e.g. ("mean",) or ("mean", "min", "max")
+    discard_ratio: float
+    output_dir: Path
+    batch_size: int = 32
+    per_layer: bool = False       # also the rollout through each layer (drawing.layer_figure)
+    evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
+    save_grid: bool = False       # also the (G, G) map as .npy
+
+
+def explain_batch(weights, batch, job, device):
+    """[(path, (H, W, 3) uint8 picture)] -> [PictureResult]: one model run through explain()."""
+    inputs = torch.stack([to_input(picture) for _, picture in batch]).to(device)
+    how = dict(category=job.category, head_fusions=job.head_fusions, discard_ratio=job.discard_ratio)
+    if job.per_layer:
+        logits, by_layer, own = explain_by_layer(weights, inputs, job.method, **how)
+        maps = {f: m[-1] for f, m in by_layer.items()}  # the rollout through all L layers
+    else:
+        logits, maps = explain(weights, inputs, job.method, **how)
+    results = []
+    for row, ((path, picture), probabilities) in enumerate(zip(batch, logits.softmax(dim=-1).cpu())):
+        result = PictureResult(path, picture, probabilities, {f: m[row].cpu() for f, m in maps.items()})
+        if job.per_layer:
+            result.layers = {f: (by_layer[f][:, row].cpu(), own[f][:, row].cpu()) for f in job.head_fusions}
+        if job.evaluate:
+            result.category = job.category if job.category is not None else int(probabilities.argmax())
+            result.faithfulness = perturbation_test(weights, inputs[row], result.maps, result.category)
+        results.append(result)
+    return results
+
+
+def run(paths, weights, job, device):
+    """Explain every picture of ``paths`` with ``weights`` (on ``device``), printing each one's
+    report and files as it is written -> the number of pictures that failed.
+
+    A picture that cannot be read is reported and skipped, unless it is the only one: then its
+    ImageError is raised before anything is written.
+    """
+    from tqdm import tqdm
+
+    keep_freed_memory()
+    names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category))
+    overlap_model = device.type != "cpu"
+    batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
+    failures = 0
+    with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(2) as writers, \
+            tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
+        decode = lambda batch: [decoders.submit(_read, path) for path in batch]
+        decoding, writes = decode(batches[0]), []
+        for batch, following in zip(batches, batches[1:] + [[]]):
+            decoded = [future.result() for future in decoding]
+            if overlap_model:
+                decoding = decode(following)
+            good = []
+            for path, picture in zip(batch, decoded):
+                if not isinstance(picture, ImageError):
+                    good.append((path, picture))
+                elif len(paths) == 1:
+                    raise picture
+                else:
+                    failures += 1
+                    bar.write(f"skipped {picture}", file=sys.stderr)
+            for result in explain_batch(weights, good, job, device) if good else []:
+                targets = names.claim(result.path, file_endings(result, job.save_grid))
+                writes.append(writers.submit(write, result, targets))
+            if not overlap_model:
+                decoding = decode(following)
+            while writes and (writes[0].done() or not overlap_model):  # print in picture order
+                failures += not _printed(writes.pop(0), bar)
+            bar.update(len(batch))
+        for future in writes:
+            failures += not _printed(future, bar)
+    return failures
+
+
+def _read(path):
+    """read_picture, its ImageError returned rather than raised (it runs in a worker thread)."""
+    try:
+        return read_picture(path)
+    except ImageError as error:
+        return error
+
+
+def _printed(write_future, bar):
+    """Print a finished write's lines above the progress bar -> False if the write failed."""
+    try:
+        bar.write("\n".join(write_future.result()), file=sys.stdout)
+        return True
+    except OSError as error:
+        print(f"cannot write results: {error}", file=sys.stderr)
+        return False
+
+
+def keep_freed_memory():
+    """Ask glibc to keep large freed blocks for reuse instead of returning each to the system.
+    Elsewhere (no glibc) nothing changes."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 1 << 28)  # M_MMAP_THRESHOLD: blocks up to 256 MB come from the heap
+        libc.mallopt(-1, 1 << 29)  # M_TRIM_THRESHOLD: keep up to 512 MB of freed heap
+    except (OSError, AttributeError, TypeError):
+        pass
