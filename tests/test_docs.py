@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deit_functional import METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "docs" / "figures"
 # each text with its line breaks and runs of spaces made single spaces
@@ -66,3 +68,15 @@ def test_numbers_quoted_by_the_docs_are_the_computed_ones(regenerated):
             f"{random[0]:.3f} and {random[1]:.3f}, the inverted map {inverted[0]:.3f} and {inverted[1]:.3f}") in README
     flat = re.search(r"discard 0 -> ([\d.]+)", printed).group(1)
     assert f"its smallest patch is still {flat}" in WALKTHROUGH
+
+
+def test_the_docs_describe_the_methods_as_their_one_table_does():
+    """The walkthrough's table of methods, row by row, and the names README gives them."""
+    rows = {match[0]: match[1:] for match in re.findall(
+        r'\| `"(\w+)"` \| `(\w+)`: [^|]* \| (yes|no) \| (yes|no) \| `(\w+)`[^|]* \| `([\w-]+)` \|', WALKTHROUGH)}
+    assert set(rows) == set(METHODS)
+    for name, method in METHODS.items():
+        yes = {True: "yes", False: "no"}
+        assert rows[name] == (method.layer.__name__, yes[method.renormalise], yes[method.uses_gradient],
+                              method.option, method.file_name)
+        assert f'`"{name}"`' in README and f"`{method.file_name}`" in README
