@@ -13,7 +13,8 @@ import torch
 
 from .images import ImageError
 from .model import C
-from .pipeline import Job, run
+from .outputs import looks_like_a_result
+from .pipeline import DiskFull, Job, run
 from .rollout import HEAD_FUSIONS, METHODS
 from .weights import WeightsError, load_weights
 
@@ -51,8 +52,9 @@ def parser_for(methods):
                     "size (red = most relevant) and the raw mask as .npy (float32, the picture's "
                     "height x width, values in [0, 1]), then prints the top-5 classes and every "
                     "file written.",
-        epilog="Exit status: 0 done; 1 some pictures of several failed (each reported); "
-               "2 bad input or no weights, nothing written.")
+        epilog="Exit status: 0 done; 1 some pictures of several failed (each reported), or the disk "
+               "filled up (the run stops; every picture written is whole); 2 bad input or no "
+               "weights, nothing written.")
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="picture file(s) or folder(s) of pictures "
                         f"({', '.join(sorted(s[1:] for s in PICTURE_SUFFIXES))})")
@@ -95,17 +97,27 @@ def parser_for(methods):
 
 
 def collect_pictures(arguments):
-    """Files as given, folders expanded to their pictures (sorted, not recursive)."""
+    """Files as given, folders expanded to their pictures (sorted, not recursive). Pictures this
+    tool wrote are never taken: skipped in a folder (with a note), refused when named."""
     paths = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file())
-            if not found:
-                raise UsageError(f"{path}: folder holds no pictures")
-            paths += found
-        elif path.exists():
+            results = [p for p in found if looks_like_a_result(p)]
+            if results:
+                print(f"{path}: skipping {len(results)} results of earlier runs", file=sys.stderr)
+            if len(found) == len(results):
+                raise UsageError(f"{path}: folder holds no pictures" + (" but results of earlier runs"
+                                                                        if results else ""))
+            paths += [p for p in found if p not in results]
+        elif path.is_file():
+            if looks_like_a_result(path):
+                raise UsageError(f"{path}: is a result of an earlier run, not a picture to explain "
+                                 "(rename it to explain it anyway)")
             paths.append(path)
+        elif path.exists():  # e.g. a named pipe, which would wait for a writer forever
+            raise UsageError(f"{path}: not a regular file")
         else:
             raise UsageError(f"{path}: no such file")
     return paths
@@ -161,6 +173,9 @@ def main(methods, argv=None):
         failures = run(paths, weights, job, device)  # raises ImageError if the one picture is unreadable
     except (UsageError, WeightsError, ImageError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2
+    except DiskFull as error:
+        print(error, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

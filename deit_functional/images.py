@@ -7,8 +7,6 @@ can be drawn over them. Resizing the whole picture makes every pixel of the orig
 exactly one patch, so the 14x14 map stretches back over the original pixel for pixel. The cost
 is a mild stretch of non-square pictures, the convention of the rollout tools users know.
 """
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,8 +29,9 @@ class ImageError(ValueError):
 
 
 def read_picture(path):
-    """Decode an image file into an (H, W, 3) uint8 RGB array.
+    """Decode an image file into an (H, W, 3) uint8 RGB array, upright as viewers show it.
 
+    A camera's EXIF orientation tag is applied (phone photos are often stored on their side).
     Greyscale, palette, 1-bit, 16-bit, float, alpha, CMYK, YCbCr and multi-frame files are
     accepted: the first frame is taken, alpha is composited over white, 16-bit values are scaled
     to 8 bits, float values to [0, 1] (by their maximum, where it exceeds 1).
@@ -40,13 +39,11 @@ def read_picture(path):
     import imageio.v3 as iio  # imported here: its plugin machinery costs ~0.2 s at start-up
 
     try:
-        with warnings.catch_warnings():  # imageio warns about its legacy plugins while probing
-            warnings.simplefilter("ignore")
-            with iio.imopen(path, "r") as image:
-                # Pillow hands over CMYK and YCbCr channels as they are stored: convert them
-                colour_model = image.metadata(index=0).get("mode")
-                converted = {"mode": "RGB"} if colour_model in OTHER_COLOUR_MODELS else {}
-                pixels = np.asarray(image.read(index=0, **converted))
+        with iio.imopen(path, "r", plugin="pillow") as image:
+            # Pillow hands over CMYK and YCbCr channels as they are stored: convert them
+            colour_model = image.metadata(index=0).get("mode")
+            converted = {"mode": "RGB"} if colour_model in OTHER_COLOUR_MODELS else {}
+            pixels = np.asarray(image.read(index=0, rotate=True, **converted))
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:

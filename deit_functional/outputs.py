@@ -6,7 +6,10 @@ where a name is taken, so nothing existing is ever overwritten.
 """
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,8 @@ import torch
 
 from .drawing import curves_figure, join, layer_figure, overlay, upsample
 from .labels import class_names, top_classes
-from .rollout import method_named
-from .writing import save_figure, save_json, save_npy, save_png
+from .rollout import HEAD_FUSIONS, METHODS, method_named
+from .writing import discard, publish, stage, write_figure, write_json, write_npy, write_png
 
 
 @dataclass
@@ -29,6 +32,16 @@ class PictureResult:
     layers: dict = field(default_factory=dict)
     category: int | None = None   # the class the faithfulness is scored for
     faithfulness: dict | None = None  # head fusion -> perturbation-test scores (evaluate.py)
+
+
+def looks_like_a_result(path):
+    """Whether ``path`` is named as this tool names the pictures it writes (overlays, per-layer
+    figures, plots): a run never explains those, so an output folder inside an input folder
+    does not feed a run's results back into the next one."""
+    methods = "|".join(re.escape(m.file_name) for m in METHODS.values())
+    fusions = "|".join(HEAD_FUSIONS + ("all",))
+    return re.search(rf"_({methods})_({fusions})_discard[^_]+(_category\d+)?(-\d+)?(_({fusions}))?"
+                     r"(_layers|_evaluation)?$", Path(path).stem) is not None
 
 
 def file_tag(method, head_fusions, discard_ratio, category=None):
@@ -57,47 +70,65 @@ def file_endings(result, save_grid=False):
 
 
 class Names:
-    """Output paths in ``folder`` that collide with no existing file and none given out before."""
+    """Output paths in ``folder`` that collide with no existing file and none given out before.
+    Safe to share between threads."""
 
     def __init__(self, folder, tag):
-        self.folder, self.tag, self.taken = Path(folder), tag, set()
+        self.folder, self.tag, self.taken, self.lock = Path(folder), tag, set(), threading.Lock()
 
     def claim(self, picture_path, endings):
         """{kind: ending} -> {kind: path}, all with one free stem."""
         stem = f"{Path(picture_path).stem}_{self.tag}"
-        for n in range(1, 10_000):
-            base = stem if n == 1 else f"{stem}-{n}"
-            paths = {kind: self.folder / f"{base}{ending}" for kind, ending in endings.items()}
-            if not any(p in self.taken or p.exists() or p.is_symlink() for p in paths.values()):
-                self.taken.update(paths.values())
-                return paths
+        with self.lock:
+            for n in range(1, 10_000):
+                base = stem if n == 1 else f"{stem}-{n}"
+                paths = {kind: self.folder / f"{base}{ending}" for kind, ending in endings.items()}
+                if not any(p in self.taken or p.exists() or p.is_symlink() for p in paths.values()):
+                    self.taken.update(paths.values())
+                    return paths
         raise RuntimeError(f"no free output name for {stem}")
 
 
-def write(result, targets):
-    """Write ``result`` to ``targets`` {kind: path} (from file_endings, claimed) -> the lines to
-    print: the picture, its top-5 classes, its faithfulness table, every file written."""
-    targets = dict(targets)
-    targets["overlay"].parent.mkdir(parents=True, exist_ok=True)
+def write(result, endings, names, targets):
+    """Write ``result``'s files {kind: ending} (file_endings) under ``targets`` {kind: path}
+    (claimed from ``names``) -> the lines to print: the picture, its top-5 classes, its
+    faithfulness table, every file written.
+
+    All files are staged first and published together (writing.py): a failure, a full disk
+    included, leaves none of them. Where another run took one of the names meanwhile, the next
+    free names are claimed from ``names``.
+    """
+    names.folder.mkdir(parents=True, exist_ok=True)
     masks = {f: upsample(g, result.picture.shape[:2]) for f, g in result.maps.items()}
-    save_png(targets["overlay"], join([overlay(result.picture, m) for m in masks.values()]))
+    files = {"overlay": partial(write_png, picture=join([overlay(result.picture, m) for m in masks.values()]))}
     for fusion, mask in masks.items():
-        save_npy(targets[f"mask {fusion}"], mask)
-        if f"grid {fusion}" in targets:
-            save_npy(targets[f"grid {fusion}"], result.maps[fusion].float().numpy())
+        files[f"mask {fusion}"] = partial(write_npy, array=mask)
+        if f"grid {fusion}" in endings:
+            files[f"grid {fusion}"] = partial(write_npy, array=result.maps[fusion].float().numpy())
         if fusion in result.layers:
-            save_png(targets[f"layers {fusion}"], layer_figure(result.picture, *result.layers[fusion]))
+            files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(result.picture, *result.layers[fusion]))
     notes = []
     if result.faithfulness is not None:
-        save_json(targets["evaluation"], {"picture": str(result.path), "category": result.category,
-                                          "fusions": result.faithfulness})
+        files["evaluation"] = partial(write_json, data={"picture": str(result.path), "category": result.category,
+                                                        "fusions": result.faithfulness})
         figure = curves_figure(result.faithfulness, class_names()[result.category].split(",")[0])
         if figure is None:
-            del targets["plot"]
             notes.append("  (no curves plot: matplotlib is not installed; pip install matplotlib)")
         else:
-            save_figure(targets["plot"], figure)
-    return [f"{result.path}:", *report(result), *notes, *(str(t) for t in targets.values())]
+            files["plot"] = partial(write_figure, figure=figure)
+    staged = {}
+    try:
+        for kind, save in files.items():
+            staged[kind] = stage(names.folder, targets[kind].name, save)
+        while True:
+            try:
+                publish(staged, {kind: targets[kind] for kind in staged})
+                break
+            except FileExistsError:
+                targets = names.claim(result.path, {kind: endings[kind] for kind in staged})
+    finally:
+        discard(staged)
+    return [f"{result.path}:", *report(result), *notes, *(str(targets[kind]) for kind in files)]
 
 
 def report(result):

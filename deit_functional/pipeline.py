@@ -13,12 +13,14 @@ Why it is built this way (each point measured; bench/README.md):
   is written, between model runs.
 * glibc is asked to keep freed memory for reuse: otherwise every batch faults its buffers in
   afresh, ~10% of a folder run.
-* Output names are claimed in the main thread, in picture order, before a write starts.
+* Output names are claimed in the main thread, in picture order, before a write starts; the
+  writers publish under them atomically (writing.py), so concurrent runs never share a name.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,12 +69,18 @@ def explain_batch(weights, batch, job, device):
     return results
 
 
+class DiskFull(Exception):
+    """The output folder's file system filled up, so the run stopped; the message says how far
+    it got."""
+
+
 def run(paths, weights, job, device):
     """Explain every picture of ``paths`` with ``weights`` (on ``device``), printing each one's
     report and files as it is written -> the number of pictures that failed.
 
     A picture that cannot be read is reported and skipped, unless it is the only one: then its
-    ImageError is raised before anything is written.
+    ImageError is raised before anything is written. A full disk stops the run at the first
+    picture it hits: DiskFull is raised once the writes under way have ended.
     """
     from tqdm import tqdm
 
@@ -80,13 +88,29 @@ def run(paths, weights, job, device):
     names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category))
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
-    failures = 0
+    finished, failures, full = 0, 0, None
+
+    def collect(write_future):
+        """Print a write's lines above the progress bar, or count its failure."""
+        nonlocal finished, failures, full
+        try:
+            bar.write("\n".join(write_future.result()), file=sys.stdout)
+            finished += 1
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                full = full or error  # reported once, for the whole run
+            else:
+                failures += 1
+                print(f"cannot write results: {error}", file=sys.stderr)
+
     with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(2) as writers, \
             tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
         decode = lambda batch: [decoders.submit(_read, path) for path in batch]
         decoding, writes = decode(batches[0]), []
         for batch, following in zip(batches, batches[1:] + [[]]):
             decoded = [future.result() for future in decoding]
+            if full:
+                break
             if overlap_model:
                 decoding = decode(following)
             good = []
@@ -99,15 +123,19 @@ def run(paths, weights, job, device):
                     failures += 1
                     bar.write(f"skipped {picture}", file=sys.stderr)
             for result in explain_batch(weights, good, job, device) if good else []:
-                targets = names.claim(result.path, file_endings(result, job.save_grid))
-                writes.append(writers.submit(write, result, targets))
+                endings = file_endings(result, job.save_grid)
+                targets = names.claim(result.path, endings)  # here, so names follow picture order
+                writes.append(writers.submit(write, result, endings, names, targets))
             if not overlap_model:
                 decoding = decode(following)
             while writes and (writes[0].done() or not overlap_model):  # print in picture order
-                failures += not _printed(writes.pop(0), bar)
+                collect(writes.pop(0))
             bar.update(len(batch))
         for future in writes:
-            failures += not _printed(future, bar)
+            collect(future)
+    if full:
+        raise DiskFull(f"{job.output_dir}: {full.strerror.lower()}: stopped after {finished} of "
+                       f"{len(paths)} pictures, each of them written whole; nothing partial was left")
     return failures
 
 
@@ -117,16 +145,6 @@ def _read(path):
         return read_picture(path)
     except ImageError as error:
         return error
-
-
-def _printed(write_future, bar):
-    """Print a finished write's lines above the progress bar -> False if the write failed."""
-    try:
-        bar.write("\n".join(write_future.result()), file=sys.stdout)
-        return True
-    except OSError as error:
-        print(f"cannot write results: {error}", file=sys.stderr)
-        return False
 
 
 def keep_freed_memory():

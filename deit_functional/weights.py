@@ -7,6 +7,7 @@ exactly once and has the right shape, so a wrong checkpoint fails here, naming t
 deep inside the forward.
 """
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -73,6 +74,10 @@ def _read_file(path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))  # in torch's 1000-character refusal
+        if pickled:
+            raise WeightsError(f"weights file {path} holds more than tensors (a pickled {pickled.group(1)}, "
+                               "which could run code), so it is not loaded, for safety") from None
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(f"cannot read weights file {path}: {reason}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

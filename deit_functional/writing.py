@@ -1,10 +1,15 @@
-"""Writing results: never half a file under a final name, and PNGs written fast.
+"""Writing results: no half-written file under a final name, no file ever overwritten, and
+PNGs written fast.
 
-Every file is written under a temporary name beside its final one, then renamed, so a failed
-or interrupted run never leaves a half-written result. The temporary file is created with mode
-0666 masked by the user's umask, as any new file is, so results get the usual permissions
-(0644 under umask 022); tempfile.mkstemp would make them 0600, and the rename keeps that.
+A result's files are first *staged*: each written whole under a temporary name in the output
+folder. Then they are *published* under their final names, all or none, by hard links, which
+fail where a name exists: so two runs writing into one folder at once can never take the same
+name, and a full disk or an interrupted run leaves temporary files at most, removed on the way
+out, never a partial result. Temporary files are created with mode 0666 masked by the user's
+umask, as any new file is, so results get the usual permissions (0644 under umask 022);
+tempfile.mkstemp would make them 0600.
 """
+import io
 import json
 import os
 import secrets
@@ -15,26 +20,75 @@ from pathlib import Path
 import numpy as np
 
 
-def write_atomically(path, save):
-    """Write ``path`` through ``save(temporary_path)``, then rename the temporary file to it."""
-    path = Path(path)
-    temporary = _new_file_beside(path)
+def stage(folder, name, save):
+    """Write a new file in ``folder`` through ``save(temporary_path)`` -> its temporary path,
+    named after ``name``. Nothing is left behind if ``save`` fails."""
+    name = Path(name)
+    while True:
+        temporary = Path(folder) / f".{name.stem}.{secrets.token_hex(4)}{name.suffix}"
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
     try:
         save(temporary)
-        os.replace(temporary, path)
-    finally:
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def publish(staged, targets):
+    """Give each staged file {kind: temporary path} its final name {kind: path}, all or none.
+
+    No existing file is ever replaced: if a final name is taken (another run took it a moment
+    ago), the names given so far are taken back and FileExistsError is raised; the staged files
+    are then as they were, ready for other names. discard() them in the end.
+    """
+    published = []  # (final name, the temporary name it was moved from, or None for a link)
+    try:
+        for kind, temporary in staged.items():
+            published.append((targets[kind], temporary if _link(temporary, targets[kind]) else None))
+    except BaseException:
+        for target, moved_from in published:
+            if moved_from is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(target, moved_from)
+        raise
+
+
+def _link(temporary, target):
+    """Make ``target`` a name of ``temporary``'s file, or raise FileExistsError -> whether the
+    file had to be moved (a file system without hard links, e.g. FAT: there the name is claimed
+    by creating it exclusively, and the file renamed onto it)."""
+    try:
+        os.link(temporary, target)
+        return False
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(temporary, target)
+        return True
+
+
+def discard(staged):
+    """Remove the temporary names of staged files {kind: temporary path}."""
+    for temporary in staged.values():
         temporary.unlink(missing_ok=True)
 
 
-def _new_file_beside(path):
-    """A new empty file in ``path``'s folder, named after it, with the umask's usual mode."""
-    while True:
-        temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}{path.suffix}")
-        try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temporary
-        except FileExistsError:  # another writer drew the same name: draw again
-            continue
+def write_atomically(path, save):
+    """Write ``path`` whole through ``save(temporary_path)``, replacing what is there (for
+    regenerated files such as the docs' figures, not for results)."""
+    path = Path(path)
+    temporary = stage(path.parent, path.name, save)
+    try:
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def encode_png(picture):
@@ -57,19 +111,24 @@ def encode_png(picture):
     return b"".join([b"\x89PNG\r\n\x1a\n", *chunk(b"IHDR", header), *chunk(b"IDAT", data), *chunk(b"IEND", b"")])
 
 
-def save_png(path, picture):
+def write_png(path, picture):
     """(H, W, 3) uint8 picture -> a PNG file at ``path``."""
-    write_atomically(path, lambda p: p.write_bytes(encode_png(picture)))
+    Path(path).write_bytes(encode_png(picture))
 
 
-def save_npy(path, array):
-    write_atomically(path, lambda p: np.save(p, array))
+def write_npy(path, array):
+    """An array -> a .npy file at ``path``. Through a buffer: writing to the file itself, numpy
+    reports a full disk as a short write with no error number ("20400 requested and 15328
+    written"), which a run cannot tell from other failures."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
-def save_json(path, data):
-    write_atomically(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+def write_json(path, data):
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def save_figure(path, figure):
+def write_figure(path, figure):
     """A matplotlib figure -> a PNG file at ``path``, 100 pixels per inch."""
-    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=100))
+    figure.savefig(path, format="png", dpi=100)

@@ -1,5 +1,6 @@
 """The two graded scripts, run for real as subprocesses: outputs, and every kind of bad input."""
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_attention_script_from_another_directory(tmp_path, photo, checkpoint):
     assert 0 <= mask.min() and mask.max() <= 1
     # the default output folder sits in the working directory, holding exactly these two files
     assert sorted(p.name for p in (elsewhere / "results").iterdir()) == sorted(f.name for f in files)
+    umask = os.umask(0o022)
+    os.umask(umask)  # the child inherited it: results get the usual mode of new files
+    assert all(stat.S_IMODE((elsewhere / f).stat().st_mode) == 0o666 & ~umask for f in files)
 
 
 def test_gradient_script_all_fusions_and_no_overwrite(tmp_path, photo, checkpoint):
@@ -119,6 +123,25 @@ def bad_inputs():
         torch.save(state, tmp / "wrong.pth")
         return ["--image", photo, "--weights", tmp / "wrong.pth"]
 
+    def named_pipe(tmp, photo, ckpt):
+        os.mkfifo(tmp / "pipe.png")  # reading it would wait for a writer forever
+        return ["--image", tmp / "pipe.png", "--weights", ckpt]
+
+    def earlier_result(tmp, photo, ckpt):
+        (tmp / "photo_attention-rollout_mean_discard0.9.png").write_bytes(photo.read_bytes())
+        return ["--image", tmp / "photo_attention-rollout_mean_discard0.9.png", "--weights", ckpt]
+
+    def only_results(tmp, photo, ckpt):
+        (tmp / "old").mkdir()
+        (tmp / "old" / "a_gradient-rollout_all_discard0.9_category87.png").write_bytes(photo.read_bytes())
+        return ["--image", tmp / "old", "--weights", ckpt]
+
+    def pickled_code(tmp, photo, ckpt):
+        state = torch.load(ckpt, weights_only=True)
+        state["note"] = Path("made by a stranger")  # any object a pickle rebuilds by running code
+        torch.save(state, tmp / "stranger.pth")
+        return ["--image", photo, "--weights", tmp / "stranger.pth"]
+
     def output_is_file(tmp, photo, ckpt):
         (tmp / "taken").write_text("a file")
         return ["--image", photo, "--weights", ckpt, "--output-dir", tmp / "taken"]
@@ -142,6 +165,12 @@ def bad_inputs():
         ("missing weights file", lambda tmp, photo, ckpt: ["--image", photo, "--weights", tmp / "no.pth"],
          "weights file not found"),
         ("wrong weights file", wrong_weights, "blocks.4.attn.proj.bias"),
+        ("weights file with pickled code", pickled_code, "holds more than tensors"),
+        ("named pipe", named_pipe, "pipe.png: not a regular file"),
+        ("device file", lambda tmp, photo, ckpt: ["--image", "/dev/null", "--weights", ckpt],
+         "/dev/null: not a regular file"),
+        ("a result of an earlier run", earlier_result, "is a result of an earlier run"),
+        ("folder of earlier results only", only_results, "holds no pictures but results of earlier runs"),
         ("output path is a file", output_is_file, "not a folder"),
         ("output folder not writable", args("--output-dir", "/proc/deit-results"), "not writable"),
         ("no CUDA here", args("--device", "cuda") if not torch.cuda.is_available() else
@@ -166,7 +195,8 @@ def test_bad_input_one_message_exit_2_nothing_written(tmp_path, photo, checkpoin
     before = snapshot(tmp_path)
     result = run(script, *arguments, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert words in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert words in error and len(error) < 300  # one short line
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert snapshot(tmp_path) == before  # nothing written, inputs untouched
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deit_functional.images import read_picture, to_input
-from deit_functional.outputs import PictureResult, write
+from deit_functional.outputs import Names, PictureResult, write
 from script_runs import ROOT
 
 PHOTO = ROOT / "images" / "coffee.jpg"  # 600x400: large enough for torch to go parallel
@@ -30,7 +30,8 @@ def test_decoding_and_writing_start_no_threads_of_their_own(tmp_path):
         picture = read_picture(PHOTO)
         also(picture)
         result = PictureResult(PHOTO, picture, torch.rand(1000), {"mean": torch.rand(14, 14)})
-        write(result, {"overlay": tmp_path / f"{name}.png", "mask mean": tmp_path / f"{name}_mask.npy"})
+        names, endings = Names(tmp_path, name), {"overlay": ".png", "mask mean": "_mask.npy"}
+        write(result, endings, names, names.claim(PHOTO, endings))
         return threads() - before
 
     with ThreadPoolExecutor(1) as worker:  # one worker thread, alive for both calls

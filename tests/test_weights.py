@@ -69,6 +69,16 @@ def test_missing_and_unreadable_files_are_refused(tmp_path):
         load_weights(tmp_path / "list.pth")
 
 
+def test_a_file_holding_pickled_code_is_refused_in_one_short_line(tmp_path, state):
+    import datetime
+    torch.save({"model": state, "saved": datetime.date(2026, 11, 29)}, tmp_path / "stranger.pth")
+    with pytest.raises(WeightsError) as caught:
+        load_weights(tmp_path / "stranger.pth")
+    message = str(caught.value)
+    assert "holds more than tensors (a pickled datetime.date" in message and "for safety" in message
+    assert "\n" not in message and len(message) < 150 + len(str(tmp_path))  # torch says 1,000 characters
+
+
 @pytest.fixture
 def no_local_weights(tmp_path, monkeypatch):
     """An empty Hugging Face cache and torch.hub dir: nothing pretrained is on this 'machine'."""
