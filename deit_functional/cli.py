@@ -44,14 +44,19 @@ discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
 positive_int = bounded(int, 1, float("inf"), "not a positive integer")
 
 
+PURPOSE = {False: "where DeiT-tiny's class token looks, through all 12 layers",
+           True: "where DeiT-tiny looks for one class, from the gradient of that class's logit "
+                 "(one backward pass at inference)"}  # by whether the methods use the gradient
+
+
 def parser_for(methods):
     """The parser of a script that offers ``methods`` (keys of METHODS, its default first)."""
     default = METHODS[methods[0]]
     p = argparse.ArgumentParser(
-        description=f"{default.description}. Writes, per picture, an overlay PNG at the picture's "
-                    "size (red = most relevant) and the raw mask as .npy (float32, the picture's "
-                    "height x width, values in [0, 1]), then prints the top-5 classes and every "
-                    "file written.",
+        description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, an "
+                    "overlay PNG at the picture's size (red = most relevant) and the raw mask as "
+                    ".npy (float32, the picture's height x width, values in [0, 1]), then prints "
+                    "the top-5 classes and every file written.",
         epilog="Exit status: 0 done; 1 some pictures of several failed (each reported), or the disk "
                "filled up (the run stops; every picture written is whole); 2 bad input or no "
                "weights, nothing written.")
@@ -63,16 +68,16 @@ def parser_for(methods):
                        help=f"ImageNet class to explain, 0..{C - 1} (e.g. 87 African grey parrot, 258 Samoyed)")
     if len(methods) > 1:
         p.add_argument("--method", choices=[METHODS[m].option for m in methods], default=default.option,
-                       help="; ".join(f"'{METHODS[m].option}' is {METHODS[m].description}" for m in methods)
-                            + " (default: %(default)s)")
+                       help="; ".join(f"{METHODS[m].option}: {METHODS[m].title}, {METHODS[m].description}"
+                                      for m in methods) + " (default: %(default)s)")
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",), default="mean",
                    help="how each layer's 3 heads are combined; 'all' writes mean, min and max "
                         "side by side in one picture (default: %(default)s)")
-    defaults = ", ".join(f"{METHODS[m].discard_ratio:g} with --method {METHODS[m].option}" for m in methods)
+    defaults = ", ".join(f"{METHODS[m].cli_discard_ratio:g} with --method {METHODS[m].option}" for m in methods)
     p.add_argument("--discard-ratio", type=discard_ratio, metavar="R",
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
                         "attention to the class token is never discarded (default: "
-                        + (defaults if len(methods) > 1 else f"{default.discard_ratio:g}") + ")")
+                        + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")")
     p.add_argument("--weights", type=Path, metavar="FILE",
                    help="local checkpoint (.pth, .bin or .safetensors); default: timm's pretrained "
                         "weights from the local cache, or downloaded")
@@ -151,9 +156,9 @@ def check_device(name):
 
 def job_from(args, methods):
     """The parsed arguments of a script offering ``methods`` -> the pipeline's Job."""
-    option = getattr(args, "method", None)  # absent where the script offers one method
-    method = next(m for m in methods if option in (None, METHODS[m].option))
-    ratio = METHODS[method].discard_ratio if args.discard_ratio is None else args.discard_ratio
+    by_option = {METHODS[m].option: m for m in methods}
+    method = by_option[args.method] if len(methods) > 1 else methods[0]
+    ratio = METHODS[method].cli_discard_ratio if args.discard_ratio is None else args.discard_ratio
     return Job(method=method, category=getattr(args, "category", None),
                head_fusions=HEAD_FUSIONS if args.head_fusion == "all" else (args.head_fusion,),
                discard_ratio=ratio, output_dir=args.output_dir, batch_size=args.batch_size,

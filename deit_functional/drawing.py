@@ -17,8 +17,9 @@ def upsample(grid, size):
     The picture was resized whole to the patch grid (images.py), so patch (i, j) covers rows
     i*H/G..(i+1)*H/G; bilinear interpolation with align_corners=False maps those areas back.
     """
-    grid = np.asarray(torch.as_tensor(grid).detach().cpu(), dtype=np.float32)
-    mask = bilinear_resize(grid, size)
+    if isinstance(grid, torch.Tensor):
+        grid = grid.detach().cpu().numpy()
+    mask = bilinear_resize(np.asarray(grid, dtype=np.float32), size)
     return np.clip(mask, 0, 1, out=mask)
 
 
@@ -77,16 +78,15 @@ def curves_figure(evaluation, class_name):
     except ImportError:
         return None
 
-    figure = Figure(figsize=(9, 3.6))
+    figure = Figure(figsize=(9, 4.2), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
     for ax, order, title in zip(axes, ("positive", "negative"),
                                 ("most relevant removed first (lower is better)",
                                  "least relevant removed first (higher is better)")):
-        for fusion, scores in evaluation.items():
-            ax.plot(scores["fractions"], scores[order], marker="o",
-                    label=f"{fusion}: AUC {scores[order + '_auc']:.3f}")
+        for name, scores in evaluation.items():
+            ax.plot(scores["fractions"], scores[order], marker="o", markersize=4,
+                    label=f"{name}: AUC {scores[order + '_auc']:.3f}")
         ax.set(title=title, xlabel="share of patches removed")
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)  # below: no curve hidden
     axes[0].set_ylabel(f"p({class_name})")
-    figure.tight_layout()
     return figure

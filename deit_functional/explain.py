@@ -6,7 +6,7 @@ logit), then the method's rollout for every head fusion asked for. Nothing is tr
 import torch
 
 from .model import forward
-from .rollout import fuse_heads, layer_maps, method_named, method_rollout, rollout_by_layer, to_grid
+from .rollout import METHODS, fuse_heads, layer_maps, method_named, method_rollout, rollout_by_layer, to_grid
 
 
 def run_model(weights, images, category=None):
@@ -28,9 +28,12 @@ def run_model(weights, images, category=None):
 
 def _run(weights, images, method, category):
     """run_model for ``method``: with the gradient of ``category`` exactly when the method uses it."""
-    if method_named(method).uses_gradient != (category is not None):
-        raise ValueError(f"method {method!r} " + ("explains one class: pass its category" if category is None
-                                                  else "uses no gradient: pass no category"))
+    if method_named(method).uses_gradient and category is None:
+        raise ValueError(f"method {method!r} explains one class: pass its category")
+    if not method_named(method).uses_gradient and category is not None:
+        choices = " or ".join(repr(name) for name, m in METHODS.items() if m.uses_gradient)
+        raise ValueError(f"method {method!r} uses no gradient, so it takes no category; for one "
+                         f"class's map choose method={choices}")
     return run_model(weights, images, category)
 
 

@@ -3,7 +3,7 @@
 Each function here computes what its docstring's *plain form* computes -- the same numbers, or
 the same up to float rounding where it says so -- only faster, and says by how much it measured.
 tests/test_fast_forms.py proves every one equal to its plain form. Timings are from the project's
-2-core build machine (README, Speed).
+first 2-core build machine (bench/README.md).
 """
 import numpy as np
 import torch

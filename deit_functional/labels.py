@@ -3,6 +3,8 @@ timm; tests/test_labels.py asserts they are equal)."""
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 
 @lru_cache(maxsize=1)
 def class_names():
@@ -10,8 +12,9 @@ def class_names():
 
 
 def top_classes(probabilities, k=5):
-    """(C,) probabilities -> k lines 'rank. probability  index name', most probable first."""
-    values, indices = probabilities.topk(k)
+    """(C,) probabilities (an array) -> k lines 'rank. probability  index name', most probable
+    first; equal probabilities in class order."""
+    probabilities = np.asarray(probabilities)
     names = class_names()
-    return [f"  {rank}. {p:.3f}  {i:3d} {names[i]}"
-            for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist()), start=1)]
+    return [f"  {rank}. {probabilities[i]:.3f}  {i:3d} {names[i]}"
+            for rank, i in enumerate(np.argsort(-probabilities, kind="stable")[:k], start=1)]

@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .drawing import curves_figure, join, layer_figure, overlay, upsample
 from .labels import class_names, top_classes
@@ -23,10 +22,10 @@ from .writing import discard, publish, stage, write_figure, write_json, write_np
 
 @dataclass
 class PictureResult:
-    """What one picture's explanation produced, on the CPU, ready to write."""
+    """What one picture's explanation produced, as numpy arrays, ready to write."""
     path: Path                    # the picture file, as given
     picture: np.ndarray           # (H, W, 3) uint8, as read
-    probabilities: torch.Tensor   # (C,)
+    probabilities: np.ndarray     # (C,)
     maps: dict                    # head fusion -> (G, G) map, max 1
     # head fusion -> ((L, G, G) rollout through layers 1..l, (L, G, G) each layer's own attention)
     layers: dict = field(default_factory=dict)
@@ -39,15 +38,15 @@ def looks_like_a_result(path):
     figures, plots): a run never explains those, so an output folder inside an input folder
     does not feed a run's results back into the next one."""
     methods = "|".join(re.escape(m.file_name) for m in METHODS.values())
-    fusions = "|".join(HEAD_FUSIONS + ("all",))
-    return re.search(rf"_({methods})_({fusions})_discard[^_]+(_category\d+)?(-\d+)?(_({fusions}))?"
-                     r"(_layers|_evaluation)?$", Path(path).stem) is not None
+    fusion = "(" + "|".join(HEAD_FUSIONS) + ")"
+    return re.search(rf"_({methods})_(all|{fusion}(\+{fusion})*)_discard[^_]+(_category\d+)?(-\d+)?"
+                     rf"(_{fusion})?(_layers|_evaluation)?$", Path(path).stem) is not None
 
 
 def file_tag(method, head_fusions, discard_ratio, category=None):
     """The part of every file name that says how the picture was explained."""
-    parts = [method_named(method).file_name, head_fusions[0] if len(head_fusions) == 1 else "all",
-             f"discard{discard_ratio:g}"]
+    fusions = "all" if tuple(head_fusions) == HEAD_FUSIONS else "+".join(head_fusions)
+    parts = [method_named(method).file_name, fusions, f"discard{discard_ratio:g}"]
     if category is not None:
         parts.append(f"category{category}")
     return "_".join(parts)
@@ -104,7 +103,7 @@ def write(result, endings, names, targets):
     for fusion, mask in masks.items():
         files[f"mask {fusion}"] = partial(write_npy, array=mask)
         if f"grid {fusion}" in endings:
-            files[f"grid {fusion}"] = partial(write_npy, array=result.maps[fusion].float().numpy())
+            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(result.maps[fusion], np.float32))
         if fusion in result.layers:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(result.picture, *result.layers[fusion]))
     notes = []

@@ -2,15 +2,15 @@
 
 Why it is built this way (each point measured; bench/README.md):
 
-* The main thread runs the model; two threads decode pictures and two write results, so the
-  model waits for neither. Torch runs in the main thread only: each thread that runs a
-  parallel torch op gets an OpenMP pool of its own, and with more OpenMP threads than cores
-  libgomp cuts its spin-waits short, so the model's threads fell asleep at every barrier and it
-  ran 4% slower. The workers therefore use numpy alone (decoding, upsampling, colouring, PNG
-  writing); only --per-layer's figure still resizes its thumbnails with torch.
-* On a GPU, decoding and writing overlap the model. On the CPU the model's threads already
+* The main thread runs the model; two threads decode pictures and two write results. On a GPU
+  they overlap the model, which then waits for neither. On the CPU the model's threads already
   fill every core, and overlapping cost 20%, so there the next batch is decoded while this one
   is written, between model runs.
+* Torch runs in the main thread only: each thread that runs a parallel torch op gets an OpenMP
+  pool of its own, and with more OpenMP threads than cores libgomp cuts its spin-waits short,
+  so the model's threads fell asleep at every barrier and it ran 4% slower. So results reach
+  the writers as numpy arrays, and the workers use numpy alone (decoding, upsampling,
+  colouring, PNG writing); only --per-layer's figure still resizes its thumbnails with torch.
 * glibc is asked to keep freed memory for reuse: otherwise every batch faults its buffers in
   afresh, ~10% of a folder run.
 * Output names are claimed in the main thread, in picture order, before a write starts; the
@@ -49,7 +49,8 @@ class Job:
 
 
 def explain_batch(weights, batch, job, device):
-    """[(path, (H, W, 3) uint8 picture)] -> [PictureResult]: one model run through explain()."""
+    """[(path, (H, W, 3) uint8 picture)] -> [PictureResult]: one model run through explain(),
+    and the perturbation test where asked. Results hold numpy arrays, for the writer threads."""
     inputs = torch.stack([to_input(picture) for _, picture in batch]).to(device)
     how = dict(category=job.category, head_fusions=job.head_fusions, discard_ratio=job.discard_ratio)
     if job.per_layer:
@@ -57,15 +58,17 @@ def explain_batch(weights, batch, job, device):
         maps = {f: m[-1] for f, m in by_layer.items()}  # the rollout through all L layers
     else:
         logits, maps = explain(weights, inputs, job.method, **how)
+    probabilities = logits.softmax(dim=-1).cpu().numpy()
     results = []
-    for row, ((path, picture), probabilities) in enumerate(zip(batch, logits.softmax(dim=-1).cpu())):
-        result = PictureResult(path, picture, probabilities, {f: m[row].cpu() for f, m in maps.items()})
-        if job.per_layer:
-            result.layers = {f: (by_layer[f][:, row].cpu(), own[f][:, row].cpu()) for f in job.head_fusions}
-        if job.evaluate:
-            result.category = job.category if job.category is not None else int(probabilities.argmax())
-            result.faithfulness = perturbation_test(weights, inputs[row], result.maps, result.category)
-        results.append(result)
+    for row, (path, picture) in enumerate(batch):
+        grids = {f: m[row] for f, m in maps.items()}
+        category = job.category if job.category is not None else int(probabilities[row].argmax())
+        results.append(PictureResult(
+            path, picture, probabilities[row], {f: g.cpu().numpy() for f, g in grids.items()},
+            layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
+                    for f in job.head_fusions} if job.per_layer else {},
+            category=category if job.evaluate else None,
+            faithfulness=perturbation_test(weights, inputs[row], grids, category) if job.evaluate else None))
     return results
 
 

@@ -86,32 +86,32 @@ def chefer_layer(attention, gradient, head_fusion):
 @dataclass(frozen=True)
 class Method:
     """One explanation method: how it makes a layer's map, and how the command line shows it."""
-    layer: Callable       # (attention, gradient or None, head_fusion) -> A_l (B, N, N)
-    renormalise: bool     # Ã_l = (A_l + I) / rowsum, or A_l + I
-    uses_gradient: bool   # explains one class, through the gradient of its logit
-    option: str           # its name under its script's --method
-    file_name: str        # its name in output file names
-    discard_ratio: float  # the command line's default discard ratio
-    description: str      # one line for --help and the docs
+    layer: Callable           # (attention, gradient or None, head_fusion) -> A_l (B, N, N)
+    renormalise: bool         # Ã_l = (A_l + I) / rowsum, or A_l + I
+    uses_gradient: bool       # explains one class, through the gradient of its logit
+    option: str               # its name under its script's --method
+    file_name: str            # its name in output file names
+    cli_discard_ratio: float  # the command line's default discard ratio (the library's is 0)
+    title: str
+    description: str          # how it works, in one line, for --help
 
 
 METHODS = {
     "attention": Method(
         attention_layer, renormalise=True, uses_gradient=False, option="rollout",
-        file_name="attention-rollout", discard_ratio=0.9,
-        description="Attention Rollout (Abnar & Zuidema 2020): where DeiT-tiny's class token "
-                    "looks, through all 12 layers"),
+        file_name="attention-rollout", cli_discard_ratio=0.9, title="Attention Rollout",
+        description="each layer's attention, heads fused, rows renormalised, multiplied through "
+                    "the layers (Abnar & Zuidema 2020)"),
     "gradient": Method(
         gradient_layer, renormalise=True, uses_gradient=True, option="rollout",
-        file_name="gradient-rollout", discard_ratio=0.9,
-        description="Gradient Rollout: where DeiT-tiny looks for one class, each layer's attention "
-                    "weighted by the gradient of that class's logit (one backward pass at "
-                    "inference), heads fused, negatives clamped, rows renormalised"),
+        file_name="gradient-rollout", cli_discard_ratio=0.9, title="Gradient Rollout",
+        description="each layer's attention weighted by the gradient of the class's logit, heads "
+                    "fused, negatives clamped, rows renormalised"),
     "chefer": Method(
         chefer_layer, renormalise=False, uses_gradient=True, option="chefer",
-        file_name="chefer", discard_ratio=0.0,
-        description="the rule of Chefer et al. (ICCV 2021): R <- R + fuse_h((grad*attn)+) R from "
-                    "R = I, rows not renormalised, by default nothing discarded, as in the paper"),
+        file_name="chefer", cli_discard_ratio=0.0, title="Chefer et al.'s rule",
+        description="R <- R + fuse_h((grad*attn)+) R from R = I, rows not renormalised (ICCV "
+                    "2021; by default nothing discarded, as in the paper)"),
 }
 
 

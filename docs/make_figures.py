@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deit_functional import explain, explain_by_layer, load_image, load_weights, to_input  # noqa: E402
-from deit_functional.drawing import join, layer_figure, overlay, to_height, upsample  # noqa: E402
+from deit_functional.drawing import curves_figure, join, layer_figure, overlay, to_height, upsample  # noqa: E402
 from deit_functional.evaluate import perturbation_test  # noqa: E402
 from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
 from deit_functional.writing import write_atomically  # noqa: E402
@@ -83,36 +83,15 @@ def figure_c(weights, picture, x):
 
 def figure_d(weights, x):
     """Perturbation test for RED_CLASS: the Gradient Rollout map, a random map, the inverted map."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     true = explain(weights, x[None], "gradient", category=RED_CLASS, discard_ratio=DISCARD)[1]["mean"][0]
     random = torch.rand(true.shape, generator=torch.Generator().manual_seed(0))
     # The test only uses the ranking; -true reverses it exactly. (1 - true would tie every
     # patch whose value is below float32's resolution next to 1 at exactly 1.)
     grids = {"Gradient Rollout (red)": true, "random map (seed 0)": random, "inverted map": -true}
     scores = perturbation_test(weights, x, grids, RED_CLASS)
-
-    figure, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
-    styles = {"Gradient Rollout (red)": ("C3", "o"), "random map (seed 0)": ("0.45", "s"),
-              "inverted map": ("C0", "^")}
-    for ax, order, title in zip(axes, ("positive", "negative"),
-                                ("most relevant removed first (low AUC = faithful)",
-                                 "least relevant removed first (high AUC = faithful)")):
-        for name, s in scores.items():
-            colour, marker = styles[name]
-            ax.plot(s["fractions"], s[order], color=colour, marker=marker, markersize=4,
-                    label=f"{name}: AUC {s[order + '_auc']:.3f}")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("share of the 196 patches removed", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    axes[0].set_ylabel(f"p(class {RED_CLASS})", fontsize=9)
-    figure.tight_layout()
+    figure = curves_figure(scores, f"class {RED_CLASS}")  # the plot --evaluate writes
     path = FIGURES / "d_perturbation_test.png"
-    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=90, metadata={"Software": None}))
-    plt.close(figure)
+    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=80, metadata={"Software": None}))
     report(path)
     for name, s in scores.items():
         print(f"  {name:24} positive {np.round(s['positive'], 3).tolist()}  AUC {s['positive_auc']:.4f}")

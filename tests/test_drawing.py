@@ -1,6 +1,5 @@
 """Drawing: colours, blending, pixel alignment of the upsampled mask, panels, the curves plot."""
 import numpy as np
-import pytest
 import torch
 
 from deit_functional.drawing import curves_figure, jet, join, layer_figure, overlay, to_height, upsample
@@ -83,7 +82,7 @@ def test_curves_figure_plots_every_fusions_curves_with_their_areas():
             np.testing.assert_array_equal(line.get_xdata(), FRACTIONS)
             np.testing.assert_array_equal(line.get_ydata(), scores[order])
         assert [t.get_text() for t in ax.get_legend().get_texts()] == [line.get_label() for line in ax.lines]
-    np.testing.assert_allclose(figure.get_size_inches(), (9, 3.6))
+    np.testing.assert_allclose(figure.get_size_inches(), (9, 4.2))
 
 
 def test_curves_figure_is_none_without_matplotlib(monkeypatch):

@@ -78,7 +78,7 @@ def test_evaluate_and_per_layer_write_their_files(planted_run):
         assert scores["positive_auc"] == pytest.approx(auc(scores["fractions"], scores["positive"]))
         assert scores["positive_auc"] < scores["negative_auc"]
     plot = next(f for f in files if f.name.endswith("_evaluation.png"))
-    assert Image.open(plot).size == (900, 360)  # what is drawn on it: tests/test_drawing.py
+    assert Image.open(plot).size == (900, 420)  # what is drawn on it: tests/test_drawing.py
     assert "positive AUC" in result.stdout and result.stdout.count("\n    m") == 3  # the table rows
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from deit_functional import forward, load_weights, to_input
+from deit_functional.model import G as GRID
 from deit_functional.rollout import HEAD_FUSIONS, attention_rollout, chefer_rollout, gradient_rollout
 from deit_functional.weights import expected_shapes
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict
 
-GRID = 14
 SIZES = [(224, 224), (240, 320), (300, 200), (320, 240)]  # (height, width)
 PER_SIZE = 3
 CLASS_OF = {"red": RED_CLASS, "blue": BLUE_CLASS}

@@ -8,9 +8,10 @@ from deit_functional.fast_forms import cls_row_of_product
 from deit_functional.rollout import (HEAD_FUSIONS, attention_rollout, chefer_rollout, discard_lowest,
                                      fuse_heads, gradient_rollout, layer_maps, method_rollout,
                                      rollout_by_layer)
+from deit_functional.model import G, H, L, N
 from timm_reference import timm_attention
 
-L, B, H, N, G = 12, 3, 3, 197, 14
+B = 3
 
 
 def random_maps(seed, dtype=torch.float32):
@@ -190,8 +191,13 @@ def test_explain_by_layer_ends_where_explain_does_and_gives_each_layers_own_cls_
 
 
 def test_rollouts_accept_maps_straight_from_a_retain_grad_forward(weights, images):
+    """Maps that still require grad, as a library user gets them, give explain()'s maps."""
     logits, attentions = forward(weights, images[:1], retain_grad=True)
     logits[0, 87].backward()
     gradients = [a.grad for a in attentions]
-    for maps in (attention_rollout(attentions, "max", 0.9), gradient_rollout(attentions, gradients, "mean", 0.9)):
-        assert maps.shape == (1, G, G) and torch.isfinite(maps).all()
+    assert all(a.requires_grad for a in attentions)
+    _, by_explain = explain(weights, images[:1], head_fusions=("max",), discard_ratio=0.9)
+    torch.testing.assert_close(attention_rollout(attentions, "max", 0.9), by_explain["max"], rtol=0, atol=1e-6)
+    _, by_explain = explain(weights, images[:1], "gradient", category=87, discard_ratio=0.9)
+    torch.testing.assert_close(gradient_rollout(attentions, gradients, "mean", 0.9), by_explain["mean"],
+                               rtol=0, atol=1e-6)

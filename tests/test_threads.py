@@ -8,6 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,8 @@ def test_decoding_and_writing_start_no_threads_of_their_own(tmp_path):
         before = threads()
         picture = read_picture(PHOTO)
         also(picture)
-        result = PictureResult(PHOTO, picture, torch.rand(1000), {"mean": torch.rand(14, 14)})
+        rng = np.random.default_rng(0)
+        result = PictureResult(PHOTO, picture, rng.random(1000), {"mean": rng.random((14, 14), np.float32)})
         names, endings = Names(tmp_path, name), {"overlay": ".png", "mask mean": "_mask.npy"}
         write(result, endings, names, names.claim(PHOTO, endings))
         return threads() - before
@@ -38,3 +40,15 @@ def test_decoding_and_writing_start_no_threads_of_their_own(tmp_path):
         assert worker.submit(decode_and_write, "io").result() == 0
         # the count can see a pool: making the model's input there starts one
         assert worker.submit(decode_and_write, "io_and_torch", to_input).result() > 0
+
+
+def test_results_reach_the_writers_as_numpy_arrays(weights, tmp_path):
+    """So the writer threads need no torch at all (see the module docstring)."""
+    from deit_functional.pipeline import Job, explain_batch
+    picture = read_picture(PHOTO)
+    job = Job(method="gradient", category=87, head_fusions=("mean", "max"), discard_ratio=0.9,
+              output_dir=tmp_path, per_layer=True, evaluate=True)
+    (result,) = explain_batch(weights, [(PHOTO, picture)], job, torch.device("cpu"))
+    arrays = [result.probabilities, *result.maps.values(), *(a for pair in result.layers.values() for a in pair)]
+    assert len(arrays) == 1 + 2 + 4 and all(type(a) is np.ndarray for a in arrays)
+    assert result.category == 87 and set(result.faithfulness) == {"mean", "max"}

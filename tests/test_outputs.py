@@ -1,0 +1,51 @@
+"""Result names: what they carry, that they never collide, and that a run recognises every one
+of them as a result, never as a picture to explain."""
+import itertools
+
+import numpy as np
+import pytest
+
+from deit_functional.outputs import Names, PictureResult, file_endings, file_tag, looks_like_a_result
+from deit_functional.rollout import HEAD_FUSIONS, METHODS
+
+
+def every_result_name():
+    """Every picture file name a run can write, for every method, fusion choice and option."""
+    fusion_choices = [(f,) for f in HEAD_FUSIONS] + [HEAD_FUSIONS, ("mean", "max")]
+    for method, fusions, ratio, counter in itertools.product(METHODS, fusion_choices, (0.0, 0.9, 1e-5), (1, 12)):
+        category = 87 if METHODS[method].uses_gradient else None
+        grid = np.zeros((14, 14), np.float32)
+        result = PictureResult("photo.jpg", None, None, dict.fromkeys(fusions, grid),
+                               layers=dict.fromkeys(fusions, (grid, grid)), faithfulness={})
+        stem = f"my_photo_{file_tag(method, fusions, ratio, category)}" + (f"-{counter}" if counter > 1 else "")
+        for ending in file_endings(result, save_grid=True).values():
+            if ending.endswith(".png"):
+                yield stem + ending
+
+
+def test_every_picture_a_run_writes_is_recognised_as_a_result():
+    names = list(every_result_name())
+    assert len(names) > 100 and all(looks_like_a_result(n) for n in names), \
+        [n for n in names if not looks_like_a_result(n)]
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "attention-rollout.png", "my_attention-rollout_photo.png",
+                                  "x_chefer_median_discard0.png", "x_gradient-rollout_mean_discard0.9_notes.png"])
+def test_ordinary_pictures_are_not_taken_for_results(name):
+    assert not looks_like_a_result(name)
+
+
+def test_tags_carry_method_fusion_ratio_and_category():
+    assert file_tag("attention", ("max",), 0.9) == "attention-rollout_max_discard0.9"
+    assert file_tag("gradient", HEAD_FUSIONS, 0.0, 258) == "gradient-rollout_all_discard0_category258"
+    assert file_tag("chefer", ("mean", "min"), 0.5, 3) == "chefer_mean+min_discard0.5_category3"
+
+
+def test_names_skip_existing_files_and_names_given_before(tmp_path):
+    names = Names(tmp_path, "tag")
+    endings = {"overlay": ".png", "mask": "_mask.npy"}
+    (tmp_path / "a_tag_mask.npy").write_bytes(b"")  # an earlier run's mask alone still takes the stem
+    first = names.claim("x/a.jpg", endings)
+    second = names.claim("y/a.png", endings)  # same stem, another folder
+    assert first == {"overlay": tmp_path / "a_tag-2.png", "mask": tmp_path / "a_tag-2_mask.npy"}
+    assert second == {"overlay": tmp_path / "a_tag-3.png", "mask": tmp_path / "a_tag-3_mask.npy"}
