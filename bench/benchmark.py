@@ -1,13 +1,16 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
-    python bench/benchmark.py            # batch 1 and 32 (and 64 for memory), CPU and CUDA if present
+    python bench/benchmark.py            # batch 1, 32 and 64, then whole processes (~10 minutes)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
-Every row runs on the same seeded random weights and inputs. Times are medians of interleaved
-repeats (the rows take turns, so drift on a noisy machine hits them alike); ratios are to
-timm's fused forward ("floor") and to its unfused forward (the attention maps materialised,
-the arithmetic any attention-map method needs). Peak memory is measured in a fresh process
-per row: the resident-set peak over the call (CPU, /proc) or torch's peak allocation (CUDA).
+Every row runs on the same seeded random weights and inputs. The rows take turns (interleaved
+repeats), so drift on a noisy machine hits them alike, and each ratio is taken repeat by repeat
+(a row's time over the reference's time in the same round): the table prints each ratio's
+median with its spread, the smallest and largest of those paired ratios. A bad stretch of the
+machine shows as a wide spread; a table in which a ratio spreads over more than WIDE of its
+median is timed again (up to MORE_ROUNDS more rounds, its samples pooled), and a ratio still
+wide is marked so. Peak memory is measured in a fresh process per row: the resident-set peak
+over the call (CPU, /proc) or torch's peak allocation (CUDA).
 
 The timing process keeps freed memory for reuse, as the command line does
 (pipeline.keep_freed_memory), so that no row pays at random for glibc handing memory back and
@@ -17,7 +20,7 @@ the host within seconds, and faulting it in again made the floor itself swing be
 what was tried: bench/README.md.
 """
 import argparse
-import json
+import datetime
 import os
 import platform
 import statistics
@@ -26,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +40,9 @@ from deit_functional.pipeline import keep_freed_memory  # noqa: E402
 from timm_reference import attention_fused, hook_based_rollout, random_timm_model  # noqa: E402
 
 CATEGORY = 87
+FLOOR, UNFUSED = "timm fused forward (floor)", "timm unfused forward"
+WIDE = 0.10       # a ratio whose paired values spread over more than this share of its median
+MORE_ROUNDS = 2   # rounds a table is timed again while a ratio spreads wide
 
 
 def timm_forward(model, fused):
@@ -73,12 +80,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_rows(device, batch, repeats):
-    functions = rows(device)
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+def time_rounds(functions, x, device, repeats):
+    """{row: [seconds per repeat]}, the rows interleaved: one round of ``repeats``."""
     times = {name: [] for name in functions}
-    for name, fn in functions.items():  # warm up
-        fn(x)
     for _ in range(repeats):
         for name, fn in functions.items():
             sync(device)
@@ -86,7 +90,22 @@ def time_rows(device, batch, repeats):
             fn(x)
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def spread(ratios):
+    """(median, smallest, largest) of paired ratios."""
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def is_wide(ratios):
+    middle, low, high = spread(ratios)
+    return high - low > WIDE * middle
+
+
+def ratio_text(ratios):
+    middle, low, high = spread(ratios)
+    return f"{middle:.2f} ({low:.2f}–{high:.2f}){' wide' if is_wide(ratios) else ''}"
 
 
 def peak_memory_mb(device, batch, name):
@@ -116,16 +135,26 @@ def _measure_memory(device, batch, name):
     return (status("VmHWM:") - before) / 1024
 
 
-def table(device, batch, repeats, memory):
-    medians = time_rows(device, batch, repeats)
-    floor = medians["timm fused forward (floor)"]
-    unfused = medians["timm unfused forward"]
-    lines = [f"\n{device.type}, batch {batch} ({repeats} interleaved repeats, median)",
+def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS):
+    functions = rows(device)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    for fn in functions.values():  # warm up
+        fn(x)
+    times, rounds = time_rounds(functions, x, device, repeats), 1
+    paired = lambda name, reference: [t / r for t, r in zip(times[name], times[reference])]
+    while rounds <= more_rounds and any(is_wide(paired(name, reference)) for name in functions
+                                        for reference in (FLOOR, UNFUSED) if name != reference):
+        more = time_rounds(functions, x, device, repeats)
+        times = {name: times[name] + more[name] for name in functions}
+        rounds += 1
+    lines = [f"\n{device.type}, batch {batch} ({rounds} × {repeats} interleaved repeats; ratios: median "
+             "(smallest–largest) of the paired ratios)",
              "| | ms/image | images/s | × fused fwd | × unfused fwd |" + (" peak MB |" if memory else ""),
              "|---|---:|---:|---:|---:|" + ("---:|" if memory else "")]
-    for name, seconds in medians.items():
+    for name in functions:
+        seconds = statistics.median(times[name])
         line = (f"| {name} | {1000 * seconds / batch:.1f} | {batch / seconds:.1f} | "
-                f"{seconds / floor:.2f} | {seconds / unfused:.2f} |")
+                f"{ratio_text(paired(name, FLOOR))} | {ratio_text(paired(name, UNFUSED))} |")
         if memory:
             line += f" {peak_memory_mb(device, batch, name):.0f} |"
         lines.append(line)
@@ -140,8 +169,9 @@ def run_seconds(command):
 
 def script_rows(repeats, folder_sizes, batch, workdir):
     """Whole processes -- the one-image job ours vs the hook-based way, and two folders -- and,
-    between them, timm's fused forward at ``batch`` in this process: the floor the folders are
-    compared with, measured alongside them so that drift on a noisy machine hits both alike."""
+    after each, timm's fused forward at ``batch`` in this process: the floor the folders are
+    compared with, measured alongside them so that drift on a noisy machine hits both alike.
+    -> {row: [seconds per repeat]}, the floor as the median of each repeat's."""
     import shutil
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / "weights.pth"
@@ -165,39 +195,61 @@ def script_rows(repeats, folder_sizes, batch, workdir):
     floor(x)  # warm up
     times = {name: [] for name in [*commands, "floor"]}
     for repeat in range(repeats):
+        floors = []
         for index, (name, command) in enumerate(commands.items()):
-            times[name].append(run_seconds(command + ["--output-dir", str(workdir / f"out{repeat}-{index}")]))
+            output = workdir / f"out-{len(times['floor'])}-{index}"
+            times[name].append(run_seconds(command + ["--output-dir", str(output)]))
+            shutil.rmtree(output)
             start = time.perf_counter()
             floor(x)
-            times["floor"].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            floors.append(time.perf_counter() - start)
+        times["floor"].append(statistics.median(floors))
+    return times
 
 
-def script_table(repeats, folder_sizes, batch):
-    """Print the whole-process table."""
+def script_table(repeats, folder_sizes, batch, more_rounds=MORE_ROUNDS):
+    """Print the whole-process table; timed again while a ratio spreads wide."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        medians = script_rows(repeats, folder_sizes, batch, Path(tmp))
-    floor_ms = 1000 * medians.pop("floor") / batch
-    (hooks_name, hooks), (ours_name, ours), (small_name, small), (large_name, large) = medians.items()
-    # the extra pictures of the larger folder: start-up, first decode and last write cancel out
-    per_picture_ms = 1000 * (large - small) / (folder_sizes[1] - folder_sizes[0])
-    print(f"\nwhole processes, CPU, local weights file, the sample photos ({repeats} interleaved "
-          "repeats, median)\n| | wall s | ratio |\n|---|---:|---:|\n"
-          f"| {hooks_name} | {hooks:.2f} | 1.00 |\n"
-          f"| {ours_name} | {ours:.2f} | {ours / hooks:.2f} × hook-based |\n"
-          f"| {small_name} | {small:.2f} | |\n| {large_name} | {large:.2f} | |\n"
+        times, rounds = script_rows(repeats, folder_sizes, batch, Path(tmp)), 1
+        (hooks, ours, small, large), floor = [times[name] for name in times if name != "floor"], times["floor"]
+        extra = folder_sizes[1] - folder_sizes[0]
+        # the extra pictures of the larger folder: start-up, first decode and last write cancel out
+        per_picture = lambda: [(l - s) / extra for l, s in zip(large, small)]
+        one = lambda: [o / h for o, h in zip(ours, hooks)]
+        folder = lambda: [p / (f / batch) for p, f in zip(per_picture(), floor)]
+        while rounds <= more_rounds and (is_wide(one()) or is_wide(folder())):
+            more = script_rows(repeats, folder_sizes, batch, Path(tmp))
+            times = {name: times[name] + more[name] for name in times}
+            (hooks, ours, small, large), floor = [times[name] for name in times if name != "floor"], times["floor"]
+            rounds += 1
+    names = list(times)
+    median = lambda values: f"{statistics.median(values):.2f}"
+    print(f"\nwhole processes, CPU, local weights file, the sample photos ({rounds} × {repeats} interleaved "
+          "repeats; times: median; ratios: median (smallest–largest) of the paired ratios)\n"
+          "| | wall s | ratio |\n|---|---:|---:|\n"
+          f"| {names[0]} | {median(hooks)} | 1.00 |\n"
+          f"| {names[1]} | {median(ours)} | {ratio_text(one())} × hook-based |\n"
+          f"| {names[2]} | {median(small)} | |\n| {names[3]} | {median(large)} | |\n"
           f"| timm fused forward at batch {batch}, per picture, between the runs above | "
-          f"{floor_ms / 1000:.4f} | 1.00 |\n"
-          f"| once started, per picture (decode + explain + write) | {per_picture_ms / 1000:.4f} | "
-          f"{per_picture_ms / floor_ms:.2f} × timm fused forward |", flush=True)
+          f"{statistics.median(floor) / batch:.4f} | 1.00 |\n"
+          f"| once started, per picture (decode + explain + write) | {statistics.median(per_picture()):.4f} | "
+          f"{ratio_text(folder())} × timm fused forward |", flush=True)
 
 
-def cpu_name():
+def machine():
+    """A line saying what the numbers were measured on, and when."""
     try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        info = open("/proc/cpuinfo").read()
+        name = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
+        flags = set(next(l.split(":", 1)[1] for l in info.splitlines() if l.startswith("flags")).split())
     except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+        name, flags = platform.processor() or platform.machine(), set()
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {name}, {os.cpu_count()} "
+            f"cores ({' '.join(vector) or 'no AVX2'}){gpu}; numpy {np.__version__}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
 
 
 def main():
@@ -208,16 +260,18 @@ def main():
     args = parser.parse_args()
     keep_freed_memory()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)" + (f", {torch.cuda.get_device_name()}" if len(devices) > 1 else ""))
+    print(machine() + (" (smoke: every row runs once on tiny inputs; the numbers mean nothing)"
+                       if args.smoke else ""), flush=True)
     batch = 2 if args.smoke else 32
     for device in devices:
         if not args.smoke:
             table(device, 1, args.repeats, memory=True)
-        table(device, batch, 1 if args.smoke else max(3, args.repeats // 2), memory=not args.smoke)
+        table(device, batch, 1 if args.smoke else max(3, args.repeats // 2), memory=not args.smoke,
+              more_rounds=0 if args.smoke else MORE_ROUNDS)
         if not args.smoke:
             table(device, 64, 1, memory=True)
-    script_table(1 if args.smoke else 5, (3, 6) if args.smoke else (64, 320), batch)
+    script_table(1 if args.smoke else 5, (3, 6) if args.smoke else (64, 320), batch,
+                 more_rounds=0 if args.smoke else MORE_ROUNDS)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from einops import rearrange
 
-from .fast_forms import cls_row_of_product, kth_smallest, mean_over_heads
+from .fast_forms import cls_row_of_product, keep_above_kth_smallest, mean_over_heads
 
 HEAD_FUSIONS = ("mean", "min", "max")
 
@@ -52,18 +52,14 @@ def fuse_heads(maps, head_fusion="mean"):
 
 def discard_lowest(fused, discard_ratio):
     """(B, N, N) -> (B, N, N): per image, the lowest ``discard_ratio`` share of the entries
-    outside column 0 set to 0, entries equal to the threshold too (ties); column 0 (attention to
-    CLS) kept whole. A new tensor, or the input itself when nothing is to go."""
+    outside column 0 set to 0 -- with k that many, every entry up to the image's k-th smallest,
+    ties at the threshold too; column 0 (attention to CLS) kept whole. A new tensor, or the
+    input itself when nothing is to go."""
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-    patches = rearrange(fused[:, :, 1:], "b n m -> b (n m)")
-    k = int(patches.shape[1] * discard_ratio)
-    if k == 0:
-        return fused
-    threshold = kth_smallest(patches, k)  # (B,)
-    keep = fused > rearrange(threshold, "b -> b 1 1")
-    keep[:, :, 0] = True
-    return fused * keep
+    B, N, _ = fused.shape
+    k = int(N * (N - 1) * discard_ratio)
+    return fused if k == 0 else keep_above_kth_smallest(fused, k)
 
 
 def attention_layer(attention, gradient, head_fusion):

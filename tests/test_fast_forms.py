@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deit_functional.fast_forms import bilinear_resize, cls_row_of_product, kth_smallest, mean_over_heads
+from deit_functional.fast_forms import (bilinear_resize, cls_row_of_product, keep_above_kth_smallest,
+                                        mean_over_heads)
 from deit_functional.model import H, N
 
 B = 3
@@ -23,13 +24,47 @@ def test_mean_over_heads_is_bitwise_torchs_mean(dtype):
         assert torch.equal(mean_over_heads(m), m.mean(dim=1))
 
 
-def test_kth_smallest_is_torchs_kthvalue_ties_included():
-    values = torch.randn(5, 1000, generator=torch.Generator().manual_seed(6))
-    values[2, :500] = 0.25  # ties
-    values[3] = 0.0          # a row of one value
-    for k in (1, 2, 499, 500, 501, 900, 1000):
-        assert torch.equal(kth_smallest(values, k), values.kthvalue(k, dim=1).values)
-    assert torch.equal(kth_smallest(values.requires_grad_(), 7), values.kthvalue(7, dim=1).values)
+def plain_keep_above_kth_smallest(fused, k):
+    patches = fused[:, :, 1:].reshape(fused.shape[0], -1)
+    keep = fused > patches.kthvalue(k, dim=1).values[:, None, None]
+    keep[:, :, 0] = True
+    return fused * keep
+
+
+def fused_maps(seed, batch, dtype):
+    """Fused maps as the methods make them, and harder ones, image b of kind b % 6: attention
+    rows; the same quantised to a few levels (long runs of equal values at any threshold);
+    mostly zeros, as clamped gradient maps are; signed values; zeros of both signs; constant."""
+    g = torch.Generator().manual_seed(seed)
+    maps = (torch.randn(batch, N, N, generator=g) * 3).softmax(-1).to(dtype)
+    maps[1::6] = (maps[1::6] * 2000).round() / 2000
+    maps[2::6] = maps[2::6] * (torch.rand(maps[2::6].shape, generator=g) > 0.93)
+    maps[3::6] = maps[3::6] - maps[3::6].mean()
+    maps[4::6] = torch.where(torch.rand(maps[4::6].shape, generator=g) > 0.5, maps[4::6], -0.0)
+    maps[5::6] = 0.25
+    return maps
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_keep_above_kth_smallest_is_its_plain_form_ties_included(seed):
+    batch = [1, 6, 7, 32][seed % 4]
+    maps = fused_maps(seed, batch, torch.float64 if seed % 3 == 2 else torch.float32)
+    n = N * (N - 1)
+    for k in (1, 2, int(n * 0.5), int(n * 0.9), int(n * 0.9) + 1, int(n * 0.93), int(n * 0.99), n):
+        kept = keep_above_kth_smallest(maps, k)
+        assert kept.dtype == maps.dtype and kept.data_ptr() != maps.data_ptr()
+        assert torch.equal(kept, plain_keep_above_kth_smallest(maps, k)), (seed, k)
+    assert torch.equal(maps, fused_maps(seed, batch, maps.dtype))  # the input is left as it was
+
+
+def test_keep_above_kth_smallest_keeps_autograd_and_non_contiguous_inputs():
+    maps = fused_maps(0, 3, torch.float32)
+    k = int(N * (N - 1) * 0.9)
+    tracked = maps.clone().requires_grad_()
+    kept = keep_above_kth_smallest(tracked, k)
+    assert kept.requires_grad and torch.equal(kept.detach(), plain_keep_above_kth_smallest(maps, k))
+    transposed = maps.transpose(1, 2)
+    assert torch.equal(keep_above_kth_smallest(transposed, k), plain_keep_above_kth_smallest(transposed, k))
 
 
 def plain_cls_row(layers, renormalise):
