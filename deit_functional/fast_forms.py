@@ -36,7 +36,7 @@ def keep_above_kth_smallest(fused, k):
     On the CPU (and without autograd) it is done image by image in numpy: an image's map (150 KB)
     stays in the core's cache from the selection to the product, where a batch's (5 MB at 32)
     goes back and forth to memory between torch's passes. On the Intel build machine, per
-    picture for 12 layers at batch 32: 1.4 -> 0.8 ms for attention maps, 3.8 -> 1.0 ms for
+    picture for 12 layers at batch 32: 1.4 -> 0.8 ms for attention maps, 3.8 -> 1.3 ms for
     clamped gradient maps (bench/README.md). Splitting the images between two threads measured
     faster alone but slower after the forward pass, whose OpenMP threads still spin on the cores.
     """
@@ -57,27 +57,26 @@ def _kth_smallest_patch_entry(image, k):
     """The k-th smallest entry of an (N, N) numpy map outside column 0.
 
     numpy's partition is fast on distinct values but ~20x slower when one value fills most of
-    the map, as zeros do in a clamped gradient map (0.6 against 0.03 ms). So where it can, it
-    selects among keys that are all distinct: for float32 values that are not negative, the bit
-    patterns order as the values do, so each entry's key is its bits above its index, and the
-    k-th smallest key holds the k-th smallest value.
+    the map, as zeros do in a clamped gradient map (0.6 against 0.03 ms). So where zeros fill a
+    quarter of a float32 map with no negative values, it selects among keys that are all
+    distinct: such values' bit patterns order as the values do, so each entry's key is its bits
+    above its position, and the k-th smallest key holds the k-th smallest value.
     """
-    patches = image[:, 1:]
-    if image.dtype == np.float32 and patches.min() >= 0:
-        keys = np.left_shift(patches.view(np.int32), 32, dtype=np.int64)
-        keys |= _positions(patches.shape)
-        keys = keys.reshape(-1)
+    values = image[:, 1:].flatten()  # a copy, partitioned in place
+    if values.dtype == np.float32 and np.count_nonzero(values == 0) > values.size // 4 and values.min() >= 0:
+        keys = values.view(np.int32).astype(np.int64)
+        keys <<= 32
+        keys |= _positions(values.size)
         keys.partition(k - 1)
         return np.int32(keys[k - 1] >> 32).view(np.float32)
-    values = patches.flatten()  # a copy, partitioned in place
     values.partition(k - 1)
     return values[k - 1]
 
 
 @functools.lru_cache(maxsize=4)
-def _positions(shape):
-    """0, 1, ... over an array of ``shape``, row by row (int64)."""
-    return np.arange(np.prod(shape), dtype=np.int64).reshape(shape)
+def _positions(size):
+    """0, 1, ..., size - 1 (int64)."""
+    return np.arange(size, dtype=np.int64)
 
 
 def cls_row_of_product(layers, renormalise=True):
