@@ -40,7 +40,8 @@ from deit_functional.pipeline import keep_freed_memory  # noqa: E402
 from timm_reference import attention_fused, hook_based_rollout, random_timm_model  # noqa: E402
 
 CATEGORY = 87
-FLOOR, UNFUSED = "timm fused forward (floor)", "timm unfused forward"
+FLOOR, BACKWARD, UNFUSED = "timm fused forward (floor)", "timm fused forward+backward", "timm unfused forward"
+REFERENCES = (FLOOR, UNFUSED, BACKWARD)  # the ratio columns, in order
 WIDE = 0.10       # a ratio whose paired values spread over more than this share of its median
 MORE_ROUNDS = 2   # rounds a table is timed again while a ratio spreads wide
 
@@ -143,18 +144,19 @@ def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS):
     times, rounds = time_rounds(functions, x, device, repeats), 1
     paired = lambda name, reference: [t / r for t, r in zip(times[name], times[reference])]
     while rounds <= more_rounds and any(is_wide(paired(name, reference)) for name in functions
-                                        for reference in (FLOOR, UNFUSED) if name != reference):
+                                        for reference in REFERENCES if name != reference):
         more = time_rounds(functions, x, device, repeats)
         times = {name: times[name] + more[name] for name in functions}
         rounds += 1
     lines = [f"\n{device.type}, batch {batch} ({rounds} × {repeats} interleaved repeats; ratios: median "
              "(smallest–largest) of the paired ratios)",
-             "| | ms/image | images/s | × fused fwd | × unfused fwd |" + (" peak MB |" if memory else ""),
-             "|---|---:|---:|---:|---:|" + ("---:|" if memory else "")]
+             "| | ms/image | images/s | × fused fwd | × unfused fwd | × fused fwd+bwd |"
+             + (" peak MB |" if memory else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if memory else "")]
     for name in functions:
         seconds = statistics.median(times[name])
         line = (f"| {name} | {1000 * seconds / batch:.1f} | {batch / seconds:.1f} | "
-                f"{ratio_text(paired(name, FLOOR))} | {ratio_text(paired(name, UNFUSED))} |")
+                + " | ".join(ratio_text(paired(name, reference)) for reference in REFERENCES) + " |")
         if memory:
             line += f" {peak_memory_mb(device, batch, name):.0f} |"
         lines.append(line)

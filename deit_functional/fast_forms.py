@@ -1,9 +1,9 @@
 """Fast forms of plain formulas, kept apart so that the teaching modules read as the formulas.
 
 Each function here computes what its docstring's *plain form* computes -- the same numbers, or
-the same up to float rounding where it says so -- only faster, and says by how much it measured.
-tests/test_fast_forms.py proves every one equal to its plain form. Timings are from the project's
-first 2-core build machine (bench/README.md).
+the same up to float rounding where it says so -- only faster, and says by how much it measured,
+and where (the build machines are in bench/README.md). tests/test_fast_forms.py proves every
+one equal to its plain form.
 """
 import functools
 
@@ -33,14 +33,15 @@ def keep_above_kth_smallest(fused, k):
         threshold = fused[:, :, 1:].reshape(B, -1).kthvalue(k, dim=1).values
         keep = fused > threshold[:, None, None];  keep[:, :, 0] = True;  fused * keep
 
-    On the CPU (and without autograd) it is done image by image in numpy: an image's map (150 KB)
-    stays in the core's cache from the selection to the product, where a batch's (5 MB at 32)
-    goes back and forth to memory between torch's passes. On the Intel build machine, per
-    picture for 12 layers at batch 32: 1.4 -> 0.8 ms for attention maps, 3.8 -> 1.3 ms for
-    clamped gradient maps (bench/README.md). Splitting the images between two threads measured
-    faster alone but slower after the forward pass, whose OpenMP threads still spin on the cores.
+    On the CPU (float32 or float64 maps, without autograd) it is done image by image in numpy:
+    an image's map (150 KB) stays in the core's cache from the selection to the product, where a
+    batch's (5 MB at 32) goes back and forth to memory between torch's passes. On the Intel
+    build machine, per picture for 12 layers: 1.4 -> 0.8 ms at batch 32 and 1.7 -> 0.8 ms at
+    batch 1 for attention maps, 3.8 -> 1.2 ms at batch 32 for clamped gradient maps. Splitting
+    the images between two threads measured faster alone but slower after the forward pass,
+    whose OpenMP threads still spin on the cores.
     """
-    if fused.device.type != "cpu" or fused.requires_grad:
+    if fused.device.type != "cpu" or fused.requires_grad or fused.dtype not in (torch.float32, torch.float64):
         patches = fused[:, :, 1:].reshape(fused.shape[0], -1)
         keep = fused > patches.kthvalue(k, dim=1).values[:, None, None]
         keep[:, :, 0] = True
