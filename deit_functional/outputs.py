@@ -97,7 +97,26 @@ def write(result, endings, names, targets):
     included, leaves none of them. Where another run took one of the names meanwhile, the next
     free names are claimed from ``names``.
     """
+    files, notes = savers(result, endings)
     names.folder.mkdir(parents=True, exist_ok=True)
+    staged = {}
+    try:
+        for kind, save in files.items():
+            staged[kind] = stage(names.folder, targets[kind].name, save)
+        while True:
+            try:
+                publish(staged, {kind: targets[kind] for kind in staged})
+                break
+            except FileExistsError:
+                targets = names.claim(result.path, {kind: endings[kind] for kind in staged})
+    finally:
+        discard(staged)
+    return [f"{result.path}:", *report(result), *notes, *(str(targets[kind]) for kind in files)]
+
+
+def savers(result, endings):
+    """-> ({kind: save(path)} for each file of ``endings`` that can be made, notes on the rest):
+    the drawing is done here, the writing by each save."""
     masks = {f: upsample(g, result.picture.shape[:2]) for f, g in result.maps.items()}
     files = {"overlay": partial(write_png, picture=join([overlay(result.picture, m) for m in masks.values()]))}
     for fusion, mask in masks.items():
@@ -115,19 +134,7 @@ def write(result, endings, names, targets):
             notes.append("  (no curves plot: matplotlib is not installed; pip install matplotlib)")
         else:
             files["plot"] = partial(write_figure, figure=figure)
-    staged = {}
-    try:
-        for kind, save in files.items():
-            staged[kind] = stage(names.folder, targets[kind].name, save)
-        while True:
-            try:
-                publish(staged, {kind: targets[kind] for kind in staged})
-                break
-            except FileExistsError:
-                targets = names.claim(result.path, {kind: endings[kind] for kind in staged})
-    finally:
-        discard(staged)
-    return [f"{result.path}:", *report(result), *notes, *(str(targets[kind]) for kind in files)]
+    return files, notes
 
 
 def report(result):
