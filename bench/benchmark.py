@@ -214,16 +214,15 @@ def script_table(repeats, folder_sizes, batch, more_rounds=MORE_ROUNDS):
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         times, rounds = script_rows(repeats, folder_sizes, batch, Path(tmp)), 1
-        (hooks, ours, small, large), floor = [times[name] for name in times if name != "floor"], times["floor"]
+        hooks, ours, small, large, floor = times.values()  # the lists grow as rounds are added
         extra = folder_sizes[1] - folder_sizes[0]
         # the extra pictures of the larger folder: start-up, first decode and last write cancel out
         per_picture = lambda: [(l - s) / extra for l, s in zip(large, small)]
         one = lambda: [o / h for o, h in zip(ours, hooks)]
         folder = lambda: [p / (f / batch) for p, f in zip(per_picture(), floor)]
         while rounds <= more_rounds and (is_wide(one()) or is_wide(folder())):
-            more = script_rows(repeats, folder_sizes, batch, Path(tmp))
-            times = {name: times[name] + more[name] for name in times}
-            (hooks, ours, small, large), floor = [times[name] for name in times if name != "floor"], times["floor"]
+            for name, seconds in script_rows(repeats, folder_sizes, batch, Path(tmp)).items():
+                times[name] += seconds
             rounds += 1
     names = list(times)
     median = lambda values: f"{statistics.median(values):.2f}"

@@ -102,20 +102,23 @@ def parser_for(methods):
 
 
 def collect_pictures(arguments):
-    """Files as given, folders expanded to their pictures (sorted, not recursive). Pictures this
-    tool wrote are never taken: skipped in a folder (with a note), refused when named."""
+    """Files as given, folders expanded to their pictures (sorted, not recursive, hidden files
+    left out). Pictures this tool wrote are never taken: skipped in a folder (with a note),
+    refused when named."""
     paths = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file())
-            results = [p for p in found if looks_like_a_result(p)]
-            if results:
-                print(f"{path}: skipping {len(results)} results of earlier runs", file=sys.stderr)
-            if len(found) == len(results):
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+            pictures = [p for p in found if not looks_like_a_result(p)]
+            skipped = len(found) - len(pictures)
+            if not pictures:
                 raise UsageError(f"{path}: folder holds no pictures" + (" but results of earlier runs"
-                                                                        if results else ""))
-            paths += [p for p in found if p not in results]
+                                                                        if skipped else ""))
+            if skipped:
+                print(f"{path}: skipping {skipped} result{'s' * (skipped > 1)} of earlier runs", file=sys.stderr)
+            paths += pictures
         elif path.is_file():
             if looks_like_a_result(path):
                 raise UsageError(f"{path}: is a result of an earlier run, not a picture to explain "

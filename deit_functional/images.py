@@ -23,6 +23,13 @@ INTERPOLATION = "bicubic"
 
 OTHER_COLOUR_MODELS = {"CMYK", "YCbCr"}  # Pillow's names; both convert exactly to RGB
 
+# How to turn (H, W, 3) pixels stored under each EXIF orientation (tag 274) upright, as
+# viewers show them: mirrored (2), turned half round (3), flipped (4), transposed (5), stored a
+# quarter turn anticlockwise (6), transversed (7), a quarter turn clockwise (8).
+UPRIGHT = {1: lambda p: p, 2: lambda p: p[:, ::-1], 3: lambda p: p[::-1, ::-1], 4: lambda p: p[::-1],
+           5: lambda p: p.transpose(1, 0, 2), 6: lambda p: np.rot90(p, -1),
+           7: lambda p: np.rot90(p.transpose(1, 0, 2), 2), 8: lambda p: np.rot90(p, 1)}
+
 
 class ImageError(ValueError):
     """A file that cannot be used as a picture; the message names the file and the problem."""
@@ -40,10 +47,10 @@ def read_picture(path):
 
     try:
         with iio.imopen(path, "r", plugin="pillow") as image:
+            metadata = image.metadata(index=0, exclude_applied=False)
             # Pillow hands over CMYK and YCbCr channels as they are stored: convert them
-            colour_model = image.metadata(index=0).get("mode")
-            converted = {"mode": "RGB"} if colour_model in OTHER_COLOUR_MODELS else {}
-            pixels = np.asarray(image.read(index=0, rotate=True, **converted))
+            converted = {"mode": "RGB"} if metadata.get("mode") in OTHER_COLOUR_MODELS else {}
+            pixels = np.asarray(image.read(index=0, **converted))
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -53,7 +60,10 @@ def read_picture(path):
     except Exception as error:  # imageio reports bad data through many exception types
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageError(f"{path}: not a readable picture ({reason})") from None
-    return _to_rgb8(pixels, path)
+    # turned upright on the RGB pixels: imageio's own rotate=True flips a palette picture's
+    # colour channels instead of its columns
+    upright = UPRIGHT.get(metadata.get("Orientation"), UPRIGHT[1])
+    return np.ascontiguousarray(upright(_to_rgb8(pixels, path)))
 
 
 def _to_rgb8(pixels, path):

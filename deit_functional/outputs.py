@@ -35,11 +35,11 @@ class PictureResult:
 
 def looks_like_a_result(path):
     """Whether ``path`` is named as this tool names the pictures it writes (overlays, per-layer
-    figures, plots): a run never explains those, so an output folder inside an input folder
-    does not feed a run's results back into the next one."""
+    figures, plots): a run never explains those, so the output folder can be the input folder
+    without a run's results being explained by the next one."""
     methods = "|".join(re.escape(m.file_name) for m in METHODS.values())
     fusion = "(" + "|".join(HEAD_FUSIONS) + ")"
-    return re.search(rf"_({methods})_(all|{fusion}(\+{fusion})*)_discard[^_]+(_category\d+)?(-\d+)?"
+    return re.search(rf"_({methods})_(all|{fusion}(\+{fusion})*)_discard[0-9.e+-]+(_category\d+)?(-\d+)?"
                      rf"(_{fusion})?(_layers|_evaluation)?$", Path(path).stem) is not None
 
 

@@ -13,8 +13,9 @@ Why it is built this way (each point measured; bench/README.md):
   colouring, PNG writing); only --per-layer's figure still resizes its thumbnails with torch.
 * glibc is asked to keep freed memory for reuse: otherwise every batch faults its buffers in
   afresh, ~10% of a folder run.
-* Output names are claimed in the main thread, in picture order, before a write starts; the
-  writers publish under them atomically (writing.py), so concurrent runs never share a name.
+* Output names are claimed in the main thread, in picture order, before a write starts. A
+  writer publishes its files under them with links that never replace a file (writing.py), and
+  where another run took a name meanwhile it claims the next: concurrent runs never share one.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import ctypes
 import ctypes.util
 import errno
 import sys
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,29 +85,47 @@ def run(paths, weights, job, device):
     report and files as it is written -> the number of pictures that failed.
 
     A picture that cannot be read is reported and skipped, unless it is the only one: then its
-    ImageError is raised before anything is written. A full disk stops the run at the first
-    picture it hits: DiskFull is raised once the writes under way have ended.
+    ImageError is raised before anything is written. A full disk stops the run: writes not yet
+    begun are dropped, no batch is started, and DiskFull is raised once the writes under way
+    have ended.
     """
     from tqdm import tqdm
 
     keep_freed_memory()
+    # Pillow warns about files it reads well (palette transparency, odd EXIF fields): a run
+    # reports only what stops a picture.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category))
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
     finished, failures, full = 0, 0, None
+    disk_full = threading.Event()
+
+    def write_unless_full(result, endings, targets):
+        if disk_full.is_set():
+            return None  # dropped: the run is stopping
+        try:
+            return write(result, endings, names, targets)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                disk_full.set()
+            raise
 
     def collect(write_future):
         """Print a write's lines above the progress bar, or count its failure."""
         nonlocal finished, failures, full
         try:
-            bar.write("\n".join(write_future.result()), file=sys.stdout)
-            finished += 1
+            lines = write_future.result()
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 full = full or error  # reported once, for the whole run
             else:
                 failures += 1
                 print(f"cannot write results: {error}", file=sys.stderr)
+        else:
+            if lines is not None:
+                bar.write("\n".join(lines), file=sys.stdout)
+                finished += 1
 
     with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(2) as writers, \
             tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
@@ -112,7 +133,7 @@ def run(paths, weights, job, device):
         decoding, writes = decode(batches[0]), []
         for batch, following in zip(batches, batches[1:] + [[]]):
             decoded = [future.result() for future in decoding]
-            if full:
+            if disk_full.is_set():
                 break
             if overlap_model:
                 decoding = decode(following)
@@ -128,7 +149,7 @@ def run(paths, weights, job, device):
             for result in explain_batch(weights, good, job, device) if good else []:
                 endings = file_endings(result, job.save_grid)
                 targets = names.claim(result.path, endings)  # here, so names follow picture order
-                writes.append(writers.submit(write, result, endings, names, targets))
+                writes.append(writers.submit(write_unless_full, result, endings, targets))
             if not overlap_model:
                 decoding = decode(following)
             while writes and (writes[0].done() or not overlap_model):  # print in picture order
@@ -137,8 +158,9 @@ def run(paths, weights, job, device):
         for future in writes:
             collect(future)
     if full:
-        raise DiskFull(f"{job.output_dir}: {full.strerror.lower()}: stopped after {finished} of "
-                       f"{len(paths)} pictures, each of them written whole; nothing partial was left")
+        raise DiskFull(f"{job.output_dir}: {full.strerror.lower()}: the run stopped with {finished} of "
+                       f"{len(paths)} pictures written, each whole (those listed above); nothing "
+                       "partial was left")
     return failures
 
 

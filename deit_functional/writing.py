@@ -1,13 +1,14 @@
 """Writing results: no half-written file under a final name, no file ever overwritten, and
 PNGs written fast.
 
-A result's files are first *staged*: each written whole under a temporary name in the output
-folder. Then they are *published* under their final names, all or none, by hard links, which
-fail where a name exists: so two runs writing into one folder at once can never take the same
-name, and a full disk or an interrupted run leaves temporary files at most, removed on the way
-out, never a partial result. Temporary files are created with mode 0666 masked by the user's
-umask, as any new file is, so results get the usual permissions (0644 under umask 022);
-tempfile.mkstemp would make them 0600.
+A result's files are first *staged*: each written whole under a temporary (hidden) name in the
+output folder. Then they are *published* under their final names, all or none, by hard links,
+which fail where a name exists: so two runs writing into one folder at once can never take the
+same name, and a failure -- a full disk, Ctrl-C -- leaves no result file and removes its
+temporary files on the way out. Only a killed process (SIGKILL) can leave temporary files
+behind, or part of a result set if killed while publishing. Temporary files are created with
+mode 0666 masked by the user's umask, as any new file is, so results get the usual permissions
+(0644 under umask 022); tempfile.mkstemp would make them 0600.
 """
 import io
 import json
@@ -70,7 +71,11 @@ def _link(temporary, target):
         raise
     except OSError:
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except BaseException:
+            target.unlink(missing_ok=True)  # the empty file that held the name
+            raise
         return True
 
 

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from deit_functional.outputs import Names, PictureResult, file_endings, file_tag, looks_like_a_result
+from deit_functional.outputs import Names, PictureResult, file_endings, file_tag, looks_like_a_result, write
 from deit_functional.rollout import HEAD_FUSIONS, METHODS
 
 
@@ -30,7 +30,8 @@ def test_every_picture_a_run_writes_is_recognised_as_a_result():
 
 
 @pytest.mark.parametrize("name", ["cat.jpg", "attention-rollout.png", "my_attention-rollout_photo.png",
-                                  "x_chefer_median_discard0.png", "x_gradient-rollout_mean_discard0.9_notes.png"])
+                                  "x_chefer_median_discard0.png", "x_gradient-rollout_mean_discard0.9_notes.png",
+                                  "a_attention-rollout_mean_discarded.png"])
 def test_ordinary_pictures_are_not_taken_for_results(name):
     assert not looks_like_a_result(name)
 
@@ -49,3 +50,20 @@ def test_names_skip_existing_files_and_names_given_before(tmp_path):
     second = names.claim("y/a.png", endings)  # same stem, another folder
     assert first == {"overlay": tmp_path / "a_tag-2.png", "mask": tmp_path / "a_tag-2_mask.npy"}
     assert second == {"overlay": tmp_path / "a_tag-3.png", "mask": tmp_path / "a_tag-3_mask.npy"}
+
+
+def test_a_name_taken_after_it_was_claimed_goes_to_the_next_free_one(tmp_path):
+    """As when another run, writing into the same folder, publishes first: the existing file is
+    left alone, and this result's files move together to the next free stem."""
+    picture = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    result = PictureResult(tmp_path / "a.jpg", picture, np.full(1000, 0.001), {"mean": np.ones((14, 14), np.float32)})
+    names = Names(tmp_path / "out", "tag")
+    endings = file_endings(result)
+    targets = names.claim(result.path, endings)
+    (tmp_path / "out").mkdir()
+    targets["mask mean"].write_bytes(b"another run's mask")
+    lines = write(result, endings, names, targets)
+    assert targets["mask mean"].read_bytes() == b"another run's mask"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_tag-2.png", "a_tag-2_mask.npy", "a_tag_mask.npy"]
+    assert lines[-2:] == [str(tmp_path / "out" / "a_tag-2.png"), str(tmp_path / "out" / "a_tag-2_mask.npy")]
+    assert np.load(tmp_path / "out" / "a_tag-2_mask.npy").shape == (40, 60)

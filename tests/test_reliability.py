@@ -25,8 +25,9 @@ STORED = {1: lambda u: u, 2: lambda u: u[:, ::-1], 3: lambda u: u[::-1, ::-1], 4
           7: lambda u: np.rot90(u, 2).transpose(1, 0, 2), 8: lambda u: np.rot90(u, -1)}
 
 
-def save_with_orientation(upright, orientation, path, **options):
+def save_with_orientation(upright, orientation, path, palette=False, **options):
     image = Image.fromarray(np.ascontiguousarray(STORED[orientation](upright)))
+    image = image.quantize(4) if palette else image
     exif = image.getexif()
     exif[ORIENTATION] = orientation
     image.save(path, exif=exif, **options)
@@ -51,6 +52,10 @@ def test_every_exif_orientation_is_applied_when_reading(tmp_path, orientation):
     upright = np.random.default_rng(orientation).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     save_with_orientation(upright, orientation, tmp_path / "lossless.png")
     np.testing.assert_array_equal(read_picture(tmp_path / "lossless.png"), upright)
+    three_colours = np.zeros((30, 50, 3), np.uint8)
+    three_colours[:, :10], three_colours[:8] = (255, 0, 0), (0, 0, 255)  # every turn shows
+    save_with_orientation(three_colours, orientation, tmp_path / "palette.png", palette=True)
+    np.testing.assert_array_equal(read_picture(tmp_path / "palette.png"), three_colours)
     smooth = np.repeat(np.repeat(upright[::10, ::10], 10, axis=0), 10, axis=1)  # survives JPEG
     save_with_orientation(smooth, orientation, tmp_path / "phone.jpg", quality=95)
     picture = read_picture(tmp_path / "phone.jpg")
@@ -96,6 +101,7 @@ def test_a_run_never_explains_results_of_earlier_runs(tmp_path, planted_checkpoi
     folder.mkdir()
     for name in ("a.png", "b.jpg"):
         Image.fromarray(draw_scene(64, 80, [("blue", 10, 20, 30)])).save(folder / name)
+    (folder / "._a.png").write_bytes(b"a hidden file, e.g. macOS's resource fork: no picture")
     arguments = ["--image", folder, "--weights", planted_checkpoint, "--output-dir", folder, "--per-layer"]
     first = run(ATTENTION, *arguments, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -106,7 +112,7 @@ def test_a_run_never_explains_results_of_earlier_runs(tmp_path, planted_checkpoi
     explained = [line[:-1] for line in second.stdout.splitlines() if line.endswith(":")]
     assert explained == [str(folder / "a.png"), str(folder / "b.jpg")]
     assert all(f.name.count("attention-rollout") <= 1 for f in folder.iterdir())  # no result of a result
-    assert len(list(folder.iterdir())) == 2 + 2 * 2 * 3  # the pictures, two runs' results
+    assert len(list(folder.iterdir())) == 3 + 2 * 2 * 3  # the pictures, two runs' results
 
 
 # ---- a full disk ----------------------------------------------------------------------------
@@ -116,8 +122,8 @@ def check_stopped_whole(status, stderr, out, pictures):
     assert status == 1
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "no space left on device" in lines[0], stderr
-    finished = int(lines[0].split("stopped after ")[1].split(" of ")[0])
-    assert f"stopped after {finished} of {pictures} pictures" in lines[0] and "nothing partial was left" in lines[0]
+    finished = int(lines[0].split("the run stopped with ")[1].split(" of ")[0])
+    assert f"with {finished} of {pictures} pictures written" in lines[0] and "nothing partial was left" in lines[0]
     assert 0 < finished < pictures
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.startswith(".")], names  # no temporary file left
@@ -162,24 +168,28 @@ def test_a_full_disk_stops_the_run_at_once_leaving_whole_results(tmp_path, plant
 
 
 def test_a_full_disk_simulated(tmp_path, planted_checkpoint, monkeypatch, capsys):
-    """The same, in-process, with the file system failing from the 7th file written on."""
-    import itertools
-    from deit_functional import outputs
+    """The same, in-process: the file system is full for the files of pictures 3.png to 5.png."""
+    from deit_functional import outputs, pipeline
     from deit_functional.cli import main
     folder = photo_folder(tmp_path, 6)
-    writes, stage = itertools.count(1), outputs.stage
+    stage = outputs.stage
 
     def stage_until_full(folder, name, save):
-        if next(writes) > 6:
+        if int(name.split("_")[0]) >= 3:
             def save(path, save=save):
                 path.write_bytes(b"half a file")
                 raise OSError(errno.ENOSPC, "No space left on device")
         return stage(folder, name, save)
 
+    batches, explain_batch = [], pipeline.explain_batch
     monkeypatch.setattr(outputs, "stage", stage_until_full)
+    monkeypatch.setattr(pipeline, "explain_batch", lambda *a: batches.append(a) or explain_batch(*a))
     status = main(("attention",), argv=["--image", str(folder), "--weights", str(planted_checkpoint),
                                         "--output-dir", str(tmp_path / "out"), "--batch-size", "2"])
-    check_stopped_whole(status, capsys.readouterr().err, tmp_path / "out", 6)
+    error = capsys.readouterr().err
+    check_stopped_whole(status, error, tmp_path / "out", 6)
+    # batch 1 (0, 1) and picture 2 are written, picture 3 finds the disk full: batch 3 is never begun
+    assert len(batches) == 2 and "with 3 of 6 pictures written" in error
 
 
 # ---- parallel runs --------------------------------------------------------------------------
