@@ -48,8 +48,10 @@ def read_picture(path):
     try:
         with iio.imopen(path, "r", plugin="pillow") as image:
             metadata = image.metadata(index=0, exclude_applied=False)
-            # Pillow hands over CMYK and YCbCr channels as they are stored: convert them
-            converted = {"mode": "RGB"} if metadata.get("mode") in OTHER_COLOUR_MODELS else {}
+            # Pillow hands over CMYK and YCbCr channels as they are stored, and palette
+            # colours without their transparency: convert them
+            converted = ({"mode": "RGB"} if metadata.get("mode") in OTHER_COLOUR_MODELS else
+                         {"mode": "RGBA"} if metadata.get("mode") == "P" and "transparency" in metadata else {})
             pixels = np.asarray(image.read(index=0, **converted))
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
