@@ -28,9 +28,10 @@ def run_model(weights, images, category=None):
 
 def _run(weights, images, method, category):
     """run_model for ``method``: with the gradient of ``category`` exactly when the method uses it."""
-    if method_named(method).uses_gradient and category is None:
+    uses_gradient = method_named(method).uses_gradient
+    if uses_gradient and category is None:
         raise ValueError(f"method {method!r} explains one class: pass its category")
-    if not method_named(method).uses_gradient and category is not None:
+    if not uses_gradient and category is not None:
         choices = " or ".join(repr(name) for name, m in METHODS.items() if m.uses_gradient)
         raise ValueError(f"method {method!r} uses no gradient, so it takes no category; for one "
                          f"class's map choose method={choices}")
