@@ -3,7 +3,6 @@ the input folder, a full disk, several runs into one folder at once. Each throug
 scripts where a user would meet it. (Named pipes, pickled weights and file modes are among the
 bad inputs and outputs of test_scripts.py.)"""
 import errno
-import shutil
 import subprocess
 import sys
 from pathlib import Path
