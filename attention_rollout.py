@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Attention Rollout for DeiT-tiny: python attention_rollout.py --image path/to/image
+(Attention Flow with --method flow)
 
 See --help for options; the maths lives in deit_functional/rollout.py.
 """
@@ -11,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from any directo
 from deit_functional.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(methods=("attention",)))
+    sys.exit(main(methods=("attention", "flow")))

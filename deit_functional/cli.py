@@ -174,12 +174,13 @@ def main(methods, argv=None):
     args = parser.parse_args(argv)
     job = job_from(args, methods)
     try:
+        METHODS[job.method].check_available()  # e.g. SciPy for flow, before the model loads
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)
         weights = load_weights(args.weights, device=device)
         failures = run(paths, weights, job, device)  # raises ImageError if the one picture is unreadable
-    except (UsageError, WeightsError, ImageError) as error:
+    except (UsageError, WeightsError, ImageError, ImportError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2
     except DiskFull as error:
         print(error, file=sys.stderr)

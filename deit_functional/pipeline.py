@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .evaluate import perturbation_test
-from .explain import explain, explain_by_layer
+from .explanations import explain, explain_by_layer
 from .images import ImageError, read_picture, to_input
 from .outputs import Names, PictureResult, file_endings, file_tag, write
 

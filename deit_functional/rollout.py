@@ -23,6 +23,11 @@ Encoder-Decoder Transformers", ICCV 2021:
     A_l = fuse_h(max(∂y_c/∂attn_l ⊙ attn_l, 0)),  Ã_l = A_l + I (rows not renormalised),
     which is the paper's R_l = R_(l-1) + A_l R_(l-1); the paper fuses by mean.
 
+Attention Flow -- Abnar & Zuidema's second method: the same Ã_l as Attention Rollout, read
+as the capacities of a layered graph; a patch's value is the maximum flow from the CLS token at
+the top to that patch at the bottom (max_flow.py). Rollout multiplies along paths and sums;
+flow is held to each path's narrowest edge.
+
 METHODS below is the one table of these methods: the command line, ``explain()``, the output
 file names and the docs all read it. The fast forms of the formulas live in fast_forms.py.
 
@@ -34,6 +39,7 @@ from typing import Callable
 import torch
 from einops import rearrange
 
+from . import max_flow
 from .fast_forms import cls_row_of_product, keep_above_kth_smallest, mean_over_heads
 
 HEAD_FUSIONS = ("mean", "min", "max")
@@ -79,10 +85,46 @@ def chefer_layer(attention, gradient, head_fusion):
     return fuse_heads((gradient * attention).clamp_min(0), head_fusion)
 
 
+def add_skip(layer, renormalise=True):
+    """A_l (B, N, N) -> Ã_l = A_l + I for the skip connection, rows divided by their sums if
+    ``renormalise``."""
+    with_identity = layer + torch.eye(layer.shape[-1], dtype=layer.dtype, device=layer.device)
+    return with_identity / with_identity.sum(dim=-1, keepdim=True) if renormalise else with_identity
+
+
+def to_grid(relevance):
+    """(B, N) CLS row -> (B, G, G) map over the patches, each scaled to max 1 (all-zero stays 0)."""
+    patches = relevance[:, 1:]
+    peak = patches.amax(dim=1, keepdim=True).clamp_min(torch.finfo(patches.dtype).tiny)
+    G = int(round(patches.shape[1] ** 0.5))
+    return rearrange(patches / peak, "b (gh gw) -> b gh gw", gh=G, gw=G)
+
+
+def rollout(layers, renormalise=True):
+    """Per-layer maps A_1..A_L, each (B, N, N) -> (B, G, G): R_L's CLS row, max 1."""
+    return to_grid(cls_row_of_product(layers, renormalise))
+
+
+def flow(layers, renormalise=True):
+    """Per-layer maps A_1..A_L, each (B, N, N) -> (B, G, G): the maximum flow from the CLS token
+    of layer L through the capacities Ã_l to each patch of layer 0, max 1 (max_flow.py)."""
+    if not renormalise:
+        raise ValueError("attention flow needs renormalised rows: its capacities must stay in [0, 1]")
+    capacities = torch.stack([add_skip(a.double()) for a in layers], dim=1)  # (B, L, N, N)
+    scaled = (capacities * max_flow.SCALE).round().to(torch.int32).cpu().numpy()
+    flows = torch.from_numpy(max_flow.token_flows(scaled)) / max_flow.SCALE
+    return to_grid(flows.to(layers[0].dtype)).to(layers[0].device)
+
+
+def no_check():
+    """For a method that runs wherever the core packages do."""
+
+
 @dataclass(frozen=True)
 class Method:
     """One explanation method: how it makes a layer's map, and how the command line shows it."""
     layer: Callable           # (attention, gradient or None, head_fusion) -> A_l (B, N, N)
+    combine: Callable         # (A_1..A_L, renormalise) -> (B, G, G): rollout or flow
     renormalise: bool         # Ã_l = (A_l + I) / rowsum, or A_l + I
     uses_gradient: bool       # explains one class, through the gradient of its logit
     option: str               # its name under its script's --method
@@ -90,24 +132,31 @@ class Method:
     cli_discard_ratio: float  # the command line's default discard ratio (the library's is 0)
     title: str
     description: str          # how it works, in one line, for --help
+    check_available: Callable = no_check  # raises ImportError naming what to install
 
 
 METHODS = {
     "attention": Method(
-        attention_layer, renormalise=True, uses_gradient=False, option="rollout",
+        attention_layer, rollout, renormalise=True, uses_gradient=False, option="rollout",
         file_name="attention-rollout", cli_discard_ratio=0.9, title="Attention Rollout",
         description="each layer's attention, heads fused, rows renormalised, multiplied through "
                     "the layers (Abnar & Zuidema 2020)"),
     "gradient": Method(
-        gradient_layer, renormalise=True, uses_gradient=True, option="rollout",
+        gradient_layer, rollout, renormalise=True, uses_gradient=True, option="rollout",
         file_name="gradient-rollout", cli_discard_ratio=0.9, title="Gradient Rollout",
         description="each layer's attention weighted by the gradient of the class's logit, heads "
                     "fused, negatives clamped, rows renormalised"),
     "chefer": Method(
-        chefer_layer, renormalise=False, uses_gradient=True, option="chefer",
+        chefer_layer, rollout, renormalise=False, uses_gradient=True, option="chefer",
         file_name="chefer", cli_discard_ratio=0.0, title="Chefer et al.'s rule",
         description="R <- R + fuse_h((grad*attn)+) R from R = I, rows not renormalised (ICCV "
                     "2021; by default nothing discarded, as in the paper)"),
+    "flow": Method(
+        attention_layer, flow, renormalise=True, uses_gradient=False, option="flow",
+        file_name="attention-flow", cli_discard_ratio=0.9, title="Attention Flow",
+        description="the maximum flow from the class token through the layers' attention, read as "
+                    "capacities, to each patch (Abnar & Zuidema 2020; needs SciPy)",
+        check_available=max_flow.require_scipy),
 }
 
 
@@ -133,33 +182,21 @@ def layer_maps(method, attentions, gradients=None, head_fusion="mean", discard_r
     return [discard_lowest(m.layer(a, g, head_fusion), discard_ratio) for a, g in zip(attentions, gradients)]
 
 
-def to_grid(relevance):
-    """(B, N) CLS row -> (B, G, G) map over the patches, each scaled to max 1 (all-zero stays 0)."""
-    patches = relevance[:, 1:]
-    peak = patches.amax(dim=1, keepdim=True).clamp_min(torch.finfo(patches.dtype).tiny)
-    G = int(round(patches.shape[1] ** 0.5))
-    return rearrange(patches / peak, "b (gh gw) -> b gh gw", gh=G, gw=G)
+def by_layer(combine, layers, renormalise=True):
+    """(L, B, G, G): ``combine`` (rollout or flow) through layers 1..l, for each l, to watch the
+    map build up."""
+    return torch.stack([combine(layers[:depth], renormalise) for depth in range(1, len(layers) + 1)])
 
 
-def rollout(layers, renormalise=True):
-    """Per-layer maps A_1..A_L, each (B, N, N) -> (B, G, G): R_L's CLS row, max 1."""
-    return to_grid(cls_row_of_product(layers, renormalise))
-
-
-def rollout_by_layer(layers, renormalise=True):
-    """(L, B, G, G): the rollout through layers 1..l, for each l, to watch the map build up."""
-    return torch.stack([rollout(layers[:depth], renormalise) for depth in range(1, len(layers) + 1)])
-
-
-def method_rollout(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
+def method_map(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
-    return rollout(layer_maps(method, attentions, gradients, head_fusion, discard_ratio),
-                   method_named(method).renormalise)
+    m = method_named(method)
+    return m.combine(layer_maps(method, attentions, gradients, head_fusion, discard_ratio), m.renormalise)
 
 
 def attention_rollout(attentions, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) -> (B, G, G) Attention Rollout, each map scaled to max 1."""
-    return method_rollout("attention", attentions, None, head_fusion, discard_ratio)
+    return method_map("attention", attentions, None, head_fusion, discard_ratio)
 
 
 def gradient_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
@@ -167,7 +204,7 @@ def gradient_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.
 
     ``gradients[i]`` is d(logit of the explained class)/d(attentions[i]).
     """
-    return method_rollout("gradient", attentions, gradients, head_fusion, discard_ratio)
+    return method_map("gradient", attentions, gradients, head_fusion, discard_ratio)
 
 
 def chefer_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
@@ -175,4 +212,10 @@ def chefer_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0)
 
     The paper fuses by mean and discards nothing; the options are kept for comparison.
     """
-    return method_rollout("chefer", attentions, gradients, head_fusion, discard_ratio)
+    return method_map("chefer", attentions, gradients, head_fusion, discard_ratio)
+
+
+def attention_flow(attentions, head_fusion="mean", discard_ratio=0.0):
+    """L maps (B, H, N, N) -> (B, G, G) Attention Flow, each map scaled to max 1. Needs SciPy;
+    the pictures' flows are solved in worker processes, one per core (max_flow.py)."""
+    return method_map("flow", attentions, None, head_fusion, discard_ratio)

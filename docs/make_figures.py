@@ -98,6 +98,16 @@ def figure_d(weights, x):
         print(f"  {'':24} negative {np.round(s['negative'], 3).tolist()}  AUC {s['negative_auc']:.4f}")
 
 
+def figure_f(weights, picture, x):
+    """Attention Rollout against Attention Flow (mean, discard 0), over a grey copy of the scene."""
+    grids = {method: explain(weights, x[None], method, discard_ratio=DISCARD)[1]["mean"][0]
+             for method in ("attention", "flow")}
+    save("f_rollout_vs_flow.png", join(panels(picture, grids.values(), grey(picture))))
+    for method, grid in grids.items():  # patch rows 7-10 and columns 8-11 hold the blue square
+        print(f"  {method}: blue square's top patch {float(grid[7:11, 8:12].max()):.3f}, "
+              f"median patch {float(grid.median()):.4f}")
+
+
 def random_state_dict(seed=0):
     """Seeded random DeiT-tiny weights: N(0, 0.02^2) matrices and embeddings, zero biases,
     LayerNorms at scale 1 -- a model that has learnt nothing."""
@@ -156,6 +166,7 @@ def main():
     figure_c(weights, picture, x)
     figure_d(weights, x)
     figure_e()
+    figure_f(weights, picture, x)
     print(f"done in {time.perf_counter() - start:.1f} s")
 
 

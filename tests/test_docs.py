@@ -33,7 +33,7 @@ def test_every_committed_figure_is_regenerated_and_no_other(regenerated):
 
 
 @pytest.mark.parametrize("name", ["a_attention_rollout_fusions.png", "b_gradient_red_vs_blue.png",
-                                  "c_per_layer.png", "e_random_weights_cat.png"])
+                                  "c_per_layer.png", "e_random_weights_cat.png", "f_rollout_vs_flow.png"])
 def test_figures_drawn_by_the_package_are_the_committed_ones(regenerated, name):
     """Pixel for pixel, but for float rounding on other CPUs moving a rare pixel by a level or two."""
     folder, _ = regenerated
@@ -68,15 +68,23 @@ def test_numbers_quoted_by_the_docs_are_the_computed_ones(regenerated):
             f"{random[0]:.3f} and {random[1]:.3f}, the inverted map {inverted[0]:.3f} and {inverted[1]:.3f}") in README
     flat = re.search(r"discard 0 -> ([\d.]+)", printed).group(1)
     assert f"its smallest patch is still {flat}" in WALKTHROUGH
+    rollout, flow = (re.search(rf"^  {method}: .*median patch ([\d.]+)$", printed, re.M).group(1)
+                     for method in ("attention", "flow"))
+    assert f"its median patch is {flow} of the peak, rollout's {rollout}" in WALKTHROUGH
 
 
 def test_the_docs_describe_the_methods_as_their_one_table_does():
     """The walkthrough's table of methods, row by row, and the names README gives them."""
     rows = {match[0]: match[1:] for match in re.findall(
-        r'\| `"(\w+)"` \| `(\w+)`: [^|]* \| (yes|no) \| (yes|no) \| `(\w+)`[^|]* \| `([\w-]+)` \|', WALKTHROUGH)}
+        r'\| `"(\w+)"` \| `(\w+)`: [^|]* \| `(\w+)`[^|]* \| (yes|no) \| (yes|no) \| `(\w+)`[^|]* \| `([\w-]+)` \|',
+        WALKTHROUGH)}
     assert set(rows) == set(METHODS)
     for name, method in METHODS.items():
         yes = {True: "yes", False: "no"}
-        assert rows[name] == (method.layer.__name__, yes[method.renormalise], yes[method.uses_gradient],
-                              method.option, method.file_name)
+        assert rows[name] == (method.layer.__name__, method.combine.__name__, yes[method.renormalise],
+                              yes[method.uses_gradient], method.option, method.file_name)
         assert f'`"{name}"`' in README and f"`{method.file_name}`" in README
+
+
+def test_readme_stays_a_two_minute_read():
+    assert len((ROOT / "README.md").read_bytes()) <= 10_000

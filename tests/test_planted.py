@@ -7,7 +7,7 @@ import torch
 
 from deit_functional import forward, load_weights, to_input
 from deit_functional.model import G as GRID
-from deit_functional.rollout import HEAD_FUSIONS, attention_rollout, chefer_rollout, gradient_rollout
+from deit_functional.rollout import HEAD_FUSIONS, attention_flow, attention_rollout, chefer_rollout, gradient_rollout
 from deit_functional.weights import expected_shapes
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict
 
@@ -254,3 +254,11 @@ def test_each_colour_raises_its_own_logit(planted):
     others = torch.ones(logits.shape[1], dtype=torch.bool)
     others[[RED_CLASS, BLUE_CLASS]] = False
     assert logits[:, others].abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("head_fusion, discard_ratio", [("mean", 0.9), ("max", 0.0)])
+def test_attention_flow_peaks_inside_the_lone_square(lone_squares, head_fusion, discard_ratio):
+    scenes, _, attentions = lone_squares
+    maps = attention_flow(attentions, head_fusion, discard_ratio)
+    for saliency, (h, w, square) in zip(maps, scenes):
+        assert inside(square, h, w)[argmax_patch(saliency)], (h, w, square)

@@ -131,6 +131,10 @@ def bad_inputs():
         (tmp / "photo_attention-rollout_mean_discard0.9.png").write_bytes(photo.read_bytes())
         return ["--image", tmp / "photo_attention-rollout_mean_discard0.9.png", "--weights", ckpt]
 
+    def earlier_flow_result(tmp, photo, ckpt):
+        (tmp / "photo_attention-flow_all_discard0_max_layers.png").write_bytes(photo.read_bytes())
+        return ["--image", tmp / "photo_attention-flow_all_discard0_max_layers.png", "--weights", ckpt]
+
     def only_results(tmp, photo, ckpt):
         (tmp / "old").mkdir()
         (tmp / "old" / "a_gradient-rollout_all_discard0.9_category87.png").write_bytes(photo.read_bytes())
@@ -170,6 +174,7 @@ def bad_inputs():
         ("device file", lambda tmp, photo, ckpt: ["--image", "/dev/null", "--weights", ckpt],
          "/dev/null: not a regular file"),
         ("a result of an earlier run", earlier_result, "is a result of an earlier run"),
+        ("a result of an earlier flow run", earlier_flow_result, "is a result of an earlier run"),
         ("folder of earlier results only", only_results, "holds no pictures but results of earlier runs"),
         ("output path is a file", output_is_file, "not a folder"),
         ("output folder not writable", args("--output-dir", "/proc/deit-results"), "not writable"),
@@ -182,16 +187,19 @@ def snapshot(folder):
     return {p: p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
-BAD_RUNS = [(script, *case) for script in (ATTENTION, GRADIENT) for case in bad_inputs()
-            if script == GRADIENT or "category" not in case[0]]  # attention rollout takes no category
+# the input checks come before any method runs; flow is checked on a sample of them
+FLOW_CASES = {"missing file", "truncated file", "folder without pictures", "discard ratio 1",
+              "wrong weights file", "a result of an earlier flow run", "output folder not writable"}
+BAD_RUNS = ([(ATTENTION, [], *case) for case in bad_inputs() if "category" not in case[0]]
+            + [(ATTENTION, ["--method", "flow"], *case) for case in bad_inputs() if case[0] in FLOW_CASES]
+            + [(GRADIENT, [] if "category" in case[0] else ["--category", "87"], *case) for case in bad_inputs()])
 
 
-@pytest.mark.parametrize("script, case, build, words", BAD_RUNS,
-                         ids=[f"{s.stem.split('_')[0]}-{c}" for s, c, _, _ in BAD_RUNS])
-def test_bad_input_one_message_exit_2_nothing_written(tmp_path, photo, checkpoint, script, case, build, words):
-    arguments = build(tmp_path, photo, checkpoint)
-    if script == GRADIENT and "category" not in case:
-        arguments += ["--category", "87"]
+@pytest.mark.parametrize("script, method, case, build, words", BAD_RUNS,
+                         ids=[f"{s.stem.split('_')[0]}{'-flow' * bool(m)}-{c}" for s, m, c, _, _ in BAD_RUNS])
+def test_bad_input_one_message_exit_2_nothing_written(tmp_path, photo, checkpoint, script, method, case, build,
+                                                      words):
+    arguments = build(tmp_path, photo, checkpoint) + method
     before = snapshot(tmp_path)
     result = run(script, *arguments, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -199,6 +207,32 @@ def test_bad_input_one_message_exit_2_nothing_written(tmp_path, photo, checkpoin
     assert words in error and len(error) < 300  # one short line
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert snapshot(tmp_path) == before  # nothing written, inputs untouched
+
+
+@pytest.fixture
+def without_scipy(tmp_path_factory):
+    """An environment in which ``import scipy`` fails, as on a machine without it."""
+    folder = tmp_path_factory.mktemp("no-scipy")
+    (folder / "scipy").mkdir()
+    (folder / "scipy" / "__init__.py").write_text("raise ImportError('no SciPy on this machine')\n")
+    return dict(os.environ, PYTHONPATH=str(folder))
+
+
+def test_flow_without_scipy_says_what_to_install_and_writes_nothing(tmp_path, photo, checkpoint, without_scipy):
+    result = run(ATTENTION, "--image", photo, "--weights", checkpoint, "--method", "flow", cwd=tmp_path,
+                 env=without_scipy)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "attention flow needs SciPy: pip install scipy, or the project's extra: pip install -e '.[flow]'")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("script, extra", [(ATTENTION, []), (GRADIENT, ["--category", "87", "--method", "chefer"])])
+def test_the_graded_scripts_run_without_scipy(tmp_path, photo, checkpoint, without_scipy, script, extra):
+    result = run(script, "--image", photo, "--weights", checkpoint, "--head-fusion", "all", "--per-layer",
+                 *extra, cwd=tmp_path, env=without_scipy)
+    assert result.returncode == 0, result.stderr
+    assert len(written(result.stdout)) == 1 + 3 + 3
 
 
 def test_gradient_script_requires_a_category(tmp_path, photo, checkpoint):
@@ -269,6 +303,11 @@ def test_both_scripts_find_the_planted_squares_end_to_end(tmp_path, planted_chec
     masks = [np.load(f) for f in written(result.stdout) if f.suffix == ".npy"]
     assert len(masks) == 3 and all(m.shape == (height, width) for m in masks)
     assert all(peak_inside(m, red) for m in masks)
+    result = run(ATTENTION, "--image", tmp_path / "one.png", "--method", "flow", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    flows = [np.load(f) for f in written(result.stdout) if f.suffix == ".npy"]
+    assert all("attention-flow_all_discard0.9" in f.name for f in written(result.stdout))
+    assert len(flows) == 3 and all(peak_inside(m, red) for m in flows)
 
     for category, own, other in ((RED_CLASS, red, blue), (BLUE_CLASS, blue, red)):
         for method in ("rollout", "chefer"):

@@ -6,7 +6,7 @@ logit), then the method's rollout for every head fusion asked for. Nothing is tr
 import torch
 
 from .model import forward
-from .rollout import METHODS, fuse_heads, layer_maps, method_named, method_rollout, rollout_by_layer, to_grid
+from .rollout import METHODS, by_layer, fuse_heads, layer_maps, method_map, method_named, to_grid
 
 
 def run_model(weights, images, category=None):
@@ -41,13 +41,14 @@ def _run(weights, images, method, category):
 def explain(weights, images, method="attention", *, category=None, head_fusions=("mean",), discard_ratio=0.0):
     """Explain (B, 3, 224, 224) images -> ``(logits (B, C), {head fusion: (B, G, G) map, max 1})``.
 
-    ``method`` is a key of rollout.METHODS: "attention" (Attention Rollout), or "gradient"
-    (Gradient Rollout) or "chefer" (Chefer et al. 2021), which explain the class ``category``
-    (an int, or one per image as a (B,) tensor). One model run serves every fusion.
+    ``method`` is a key of rollout.METHODS: "attention" (Attention Rollout) or "flow" (Attention
+    Flow, which needs SciPy), or "gradient" (Gradient Rollout) or "chefer" (Chefer et al. 2021),
+    which explain the class ``category`` (an int, or one per image as a (B,) tensor). One model
+    run serves every fusion.
     """
     logits, attentions, gradients = _run(weights, images, method, category)
     with torch.no_grad():
-        maps = {f: method_rollout(method, attentions, gradients, f, discard_ratio) for f in head_fusions}
+        maps = {f: method_map(method, attentions, gradients, f, discard_ratio) for f in head_fusions}
     return logits, maps
 
 
@@ -55,14 +56,14 @@ def explain_by_layer(weights, images, method="attention", *, category=None, head
                      discard_ratio=0.0):
     """As ``explain``, layer by layer -> ``(logits, {fusion: (L, B, G, G)}, {fusion: (L, B, G, G)})``.
 
-    The first dict holds the rollout through layers 1..l for each l (its last entry is
+    The first dict holds the method's map through layers 1..l for each l (its last entry is
     ``explain``'s map); the second each layer's own CLS attention, heads fused -- what the layer
     itself looks at, before discard or gradient weighting.
     """
     logits, attentions, gradients = _run(weights, images, method, category)
-    renormalise = method_named(method).renormalise
+    m = method_named(method)
     with torch.no_grad():
-        by_layer = {f: rollout_by_layer(layer_maps(method, attentions, gradients, f, discard_ratio), renormalise)
-                    for f in head_fusions}
+        through = {f: by_layer(m.combine, layer_maps(method, attentions, gradients, f, discard_ratio), m.renormalise)
+                   for f in head_fusions}
         own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in attentions]) for f in head_fusions}
-    return logits, by_layer, own
+    return logits, through, own
