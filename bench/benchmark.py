@@ -1,6 +1,6 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
-    python bench/benchmark.py            # batch 1, 32 and 64, then whole processes (~10 minutes)
+    python bench/benchmark.py            # batch 1, 32 and 64, attention flow, whole processes (~10 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
 Every row runs on the same seeded random weights and inputs. The rows take turns (interleaved
@@ -163,6 +163,34 @@ def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS):
     print("\n".join(lines), flush=True)
 
 
+FLOW_TARGETS = {0.9: 0.5, 0.0: 2.0}  # issue #12: seconds per picture, the whole explanation
+
+
+def flow_table(batches, repeats):
+    """Attention Flow's whole explanation (forward, fusion, discard, every max flow), seconds per
+    picture, on the seeded random weights: their near-uniform maps keep the most edges, the
+    hardest case for max-flow (the planted model's peaked maps take ~0.2 s even without discard)."""
+    from deit_functional.max_flow import usable_cores
+    weights = load_weights(random_timm_model())
+    x = torch.randn(max(batches), 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    explain(weights, x[:1], "flow")  # starts the worker processes
+    lines = [f"\nattention flow, CPU, {usable_cores()} worker processes ({repeats} repeats; seconds per "
+             "picture: median (smallest–largest))",
+             "| | " + " | ".join(f"batch {b}" for b in batches) + " | target |", "|---|" + "---:|" * (len(batches) + 1)]
+    for ratio, target in FLOW_TARGETS.items():
+        cells = []
+        for batch in batches:
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                explain(weights, x[:batch], "flow", discard_ratio=ratio)
+                seconds.append((time.perf_counter() - start) / batch)
+            middle, low, high = spread(seconds)
+            cells.append(f"{middle:.3f} ({low:.3f}–{high:.3f})")
+        lines.append(f"| ours: attention flow (mean, discard {ratio:g}) | " + " | ".join(cells) + f" | ≤ {target} |")
+    print("\n".join(lines), flush=True)
+
+
 def run_seconds(command):
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
@@ -271,6 +299,7 @@ def main():
               more_rounds=0 if args.smoke else MORE_ROUNDS)
         if not args.smoke:
             table(device, 64, 1, memory=True)
+    flow_table((1,) if args.smoke else (1, 4), 1 if args.smoke else 5)
     script_table(1 if args.smoke else 5, (3, 6) if args.smoke else (64, 320), batch,
                  more_rounds=0 if args.smoke else MORE_ROUNDS)
 

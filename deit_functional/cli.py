@@ -92,6 +92,10 @@ def parser_for(methods):
     p.add_argument("--per-layer", action="store_true",
                    help="also write <name>_layers.png: top row, the rollout after layers 1..12 "
                         "(left to right); bottom row, each layer's raw class-token attention, heads fused")
+    p.add_argument("--html", action="store_true",
+                   help="also write <name>_explorer.html, one self-contained page (it opens from disk, "
+                        "offline) to explore the picture: the map layer by layer, and where any patch or "
+                        "the class token attends, head by head")
     p.add_argument("--evaluate", action="store_true",
                    help="also score each fusion's faithfulness by the perturbation test of Chefer "
                         "et al. 2021 (probability of the " + ("--category" if default.uses_gradient else "predicted")
@@ -165,7 +169,7 @@ def job_from(args, methods):
     return Job(method=method, category=getattr(args, "category", None),
                head_fusions=HEAD_FUSIONS if args.head_fusion == "all" else (args.head_fusion,),
                discard_ratio=ratio, output_dir=args.output_dir, batch_size=args.batch_size,
-               per_layer=args.per_layer, evaluate=args.evaluate, save_grid=args.save_grid)
+               per_layer=args.per_layer, html=args.html, evaluate=args.evaluate, save_grid=args.save_grid)
 
 
 def main(methods, argv=None):

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .drawing import curves_figure, join, layer_figure, overlay, upsample
+from .explorer import explorer_page
 from .labels import class_names, top_classes
 from .rollout import HEAD_FUSIONS, METHODS, method_named
-from .writing import discard, publish, stage, write_figure, write_json, write_npy, write_png
+from .writing import discard, publish, stage, write_figure, write_json, write_npy, write_png, write_text
 
 
 @dataclass
@@ -29,8 +30,10 @@ class PictureResult:
     maps: dict                    # head fusion -> (G, G) map, max 1
     # head fusion -> ((L, G, G) rollout through layers 1..l, (L, G, G) each layer's own attention)
     layers: dict = field(default_factory=dict)
-    category: int | None = None   # the class the faithfulness is scored for
+    category: int | None = None   # the class explained: a gradient method's, else the top one
     faithfulness: dict | None = None  # head fusion -> perturbation-test scores (evaluate.py)
+    method: str = "attention"     # a key of rollout.METHODS
+    attentions: np.ndarray | None = None  # (L, H, N, N) the model's maps, for the explorer page
 
 
 def looks_like_a_result(path):
@@ -52,7 +55,7 @@ def file_tag(method, head_fusions, discard_ratio, category=None):
     return "_".join(parts)
 
 
-def file_endings(result, save_grid=False):
+def file_endings(result, save_grid=False, per_layer=False):
     """{kind: file-name ending} of the files ``result`` is written to."""
     named = lambda fusion, ending: f"_{fusion}{ending}" if len(result.maps) > 1 else ending
     endings = {"overlay": ".png"}
@@ -60,11 +63,13 @@ def file_endings(result, save_grid=False):
         endings[f"mask {fusion}"] = named(fusion, "_mask.npy")
         if save_grid:
             endings[f"grid {fusion}"] = named(fusion, "_grid.npy")
-        if fusion in result.layers:
+        if per_layer and fusion in result.layers:
             endings[f"layers {fusion}"] = named(fusion, "_layers.png")
     if result.faithfulness is not None:
         endings["evaluation"] = "_evaluation.json"
         endings["plot"] = "_evaluation.png"
+    if result.attentions is not None:
+        endings["explorer"] = "_explorer.html"
     return endings
 
 
@@ -123,8 +128,10 @@ def savers(result, endings):
         files[f"mask {fusion}"] = partial(write_npy, array=mask)
         if f"grid {fusion}" in endings:
             files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(result.maps[fusion], np.float32))
-        if fusion in result.layers:
+        if f"layers {fusion}" in endings:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(result.picture, *result.layers[fusion]))
+    if "explorer" in endings:
+        files["explorer"] = partial(write_text, text=explorer_page(result))
     notes = []
     if result.faithfulness is not None:
         files["evaluation"] = partial(write_json, data={"picture": str(result.path), "category": result.category,

@@ -33,6 +33,7 @@ import torch
 
 from .evaluate import perturbation_test
 from .explanations import explain, explain_by_layer
+from .model import forward
 from .images import ImageError, read_picture, to_input
 from .outputs import Names, PictureResult, file_endings, file_tag, write
 
@@ -47,6 +48,7 @@ class Job:
     output_dir: Path
     batch_size: int = 32
     per_layer: bool = False       # also the rollout through each layer (drawing.layer_figure)
+    html: bool = False            # also the explorer page (explorer.py)
     evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
     save_grid: bool = False       # also the (G, G) map as .npy
 
@@ -56,11 +58,14 @@ def explain_batch(weights, batch, job, device):
     and the perturbation test where asked. Results hold numpy arrays, for the writer threads."""
     inputs = torch.stack([to_input(picture) for _, picture in batch]).to(device)
     how = dict(category=job.category, head_fusions=job.head_fusions, discard_ratio=job.discard_ratio)
-    if job.per_layer:
+    if job.per_layer or job.html:
         logits, by_layer, own = explain_by_layer(weights, inputs, job.method, **how)
         maps = {f: m[-1] for f, m in by_layer.items()}  # the rollout through all L layers
     else:
         logits, maps = explain(weights, inputs, job.method, **how)
+    if job.html:  # the page shows every layer's attention, as forward() gives it
+        with torch.no_grad():
+            attentions = torch.stack(forward(weights, inputs)[1], dim=1).cpu().numpy()  # (B, L, H, N, N)
     probabilities = logits.softmax(dim=-1).cpu().numpy()
     results = []
     for row, (path, picture) in enumerate(batch):
@@ -69,9 +74,10 @@ def explain_batch(weights, batch, job, device):
         results.append(PictureResult(
             path, picture, probabilities[row], {f: g.cpu().numpy() for f, g in grids.items()},
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
-                    for f in job.head_fusions} if job.per_layer else {},
-            category=category if job.evaluate else None,
-            faithfulness=perturbation_test(weights, inputs[row], grids, category) if job.evaluate else None))
+                    for f in job.head_fusions} if job.per_layer or job.html else {},
+            category=category,
+            faithfulness=perturbation_test(weights, inputs[row], grids, category) if job.evaluate else None,
+            method=job.method, attentions=attentions[row] if job.html else None))
     return results
 
 
@@ -147,7 +153,7 @@ def run(paths, weights, job, device):
                     failures += 1
                     bar.write(f"skipped {picture}", file=sys.stderr)
             for result in explain_batch(weights, good, job, device) if good else []:
-                endings = file_endings(result, job.save_grid)
+                endings = file_endings(result, job.save_grid, job.per_layer)
                 targets = names.claim(result.path, endings)  # here, so names follow picture order
                 writes.append(writers.submit(write_unless_full, result, endings, targets))
             if not overlap_model:

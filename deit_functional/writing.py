@@ -130,6 +130,10 @@ def write_npy(path, array):
     Path(path).write_bytes(buffer.getbuffer())
 
 
+def write_text(path, text):
+    Path(path).write_text(text, encoding="utf-8")
+
+
 def write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
