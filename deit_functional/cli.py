@@ -70,9 +70,9 @@ def parser_for(methods):
         p.add_argument("--method", choices=[METHODS[m].option for m in methods], default=default.option,
                        help="; ".join(f"{METHODS[m].option}: {METHODS[m].title}, {METHODS[m].description}"
                                       for m in methods) + " (default: %(default)s)")
-    p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",), default="mean",
+    p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",),
                    help="how each layer's 3 heads are combined; 'all' writes mean, min and max "
-                        "side by side in one picture (default: %(default)s)")
+                        "side by side in one picture (default: mean; all with --report)")
     defaults = ", ".join(f"{METHODS[m].cli_discard_ratio:g} with --method {METHODS[m].option}" for m in methods)
     p.add_argument("--discard-ratio", type=discard_ratio, metavar="R",
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
@@ -96,6 +96,11 @@ def parser_for(methods):
                    help="also write <name>_explorer.html, one self-contained page (it opens from disk, "
                         "offline) to explore the picture: the map layer by layer, and where any patch or "
                         "the class token attends, head by head")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.md and report.html in the output folder (report-2.* and so "
+                        "on if taken): per picture its overlays, top-5 and faithfulness, then which head "
+                        "fusion was the most faithful over all pictures; implies --evaluate, and "
+                        "--head-fusion all unless one is given")
     p.add_argument("--evaluate", action="store_true",
                    help="also score each fusion's faithfulness by the perturbation test of Chefer "
                         "et al. 2021 (probability of the " + ("--category" if default.uses_gradient else "predicted")
@@ -166,10 +171,12 @@ def job_from(args, methods):
     by_option = {METHODS[m].option: m for m in methods}
     method = by_option[args.method] if len(methods) > 1 else methods[0]
     ratio = METHODS[method].cli_discard_ratio if args.discard_ratio is None else args.discard_ratio
+    fusion = args.head_fusion or ("all" if args.report else "mean")
     return Job(method=method, category=getattr(args, "category", None),
-               head_fusions=HEAD_FUSIONS if args.head_fusion == "all" else (args.head_fusion,),
+               head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
                discard_ratio=ratio, output_dir=args.output_dir, batch_size=args.batch_size,
-               per_layer=args.per_layer, html=args.html, evaluate=args.evaluate, save_grid=args.save_grid)
+               per_layer=args.per_layer, html=args.html, report=args.report,
+               evaluate=args.evaluate or args.report, save_grid=args.save_grid)
 
 
 def main(methods, argv=None):

@@ -46,6 +46,16 @@ def overlay(picture, mask, alpha=0.5):
     return blended.astype(np.uint8)
 
 
+def labelled(picture, text, size=14):
+    """(H, W, 3) uint8 -> the picture under a white band that holds ``text`` (cut at the
+    picture's width), drawn by Pillow in its own font at ``size`` pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = Image.new("RGB", (picture.shape[1], size + size // 2), "white")
+    ImageDraw.Draw(band).text((1, size // 4), text, fill=(0, 0, 0), font=ImageFont.load_default(size))
+    return np.concatenate([np.asarray(band), picture])
+
+
 def join(panels, axis=1, gap=8):
     """(H, W, 3) pictures -> one: side by side (axis=1, equal heights) or stacked (axis=0, equal
     widths), with white gaps between them."""
@@ -61,13 +71,16 @@ def to_height(picture, height):
     return resize(picture, (height, max(1, round(picture.shape[1] * height / picture.shape[0]))))
 
 
-def layer_figure(picture, by_layer, own, height=112, gap=8):
-    """The per-layer view of (L, G, G) maps: top row, the rollout through layers 1..l; bottom
-    row, each layer's own CLS attention; each panel the picture ``height`` pixels high with the
-    map over it."""
+def layer_figure(picture, by_layer, own, title, height=112, gap=8):
+    """The per-layer view of (L, G, G) maps, under ``title``: top row, the map through layers
+    1..l; bottom row, each layer's own CLS attention; each panel the picture ``height`` pixels
+    high with the map over it, each column headed by its layer."""
     small = to_height(picture, height)
-    row = lambda grids: join([overlay(small, upsample(g, small.shape[:2])) for g in grids], gap=gap)
-    return join([row(by_layer), row(own)], axis=0, gap=gap)
+    panels = lambda grids: [overlay(small, upsample(g, small.shape[:2])) for g in grids]
+    top = join([labelled(p, f"layer {l}") for l, p in enumerate(panels(by_layer), start=1)], gap=gap)
+    rows = [labelled(top, "the map through layers 1..l"),
+            labelled(join(panels(own), gap=gap), "each layer's own attention of the class token, heads fused")]
+    return labelled(join(rows, axis=0, gap=gap), title, size=16)
 
 
 def curves_figure(evaluation, class_name):

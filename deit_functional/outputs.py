@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .drawing import curves_figure, join, layer_figure, overlay, upsample
+from .drawing import curves_figure, join, labelled, layer_figure, overlay, upsample
 from .explorer import explorer_page
 from .labels import class_names, top_classes
 from .rollout import HEAD_FUSIONS, METHODS, method_named
@@ -96,7 +96,7 @@ class Names:
 def write(result, endings, names, targets):
     """Write ``result``'s files {kind: ending} (file_endings) under ``targets`` {kind: path}
     (claimed from ``names``) -> the lines to print: the picture, its top-5 classes, its
-    faithfulness table, every file written.
+    faithfulness table, every file written -- and the paths they were written to, {kind: path}.
 
     All files are staged first and published together (writing.py): a failure, a full disk
     included, leaves none of them. Where another run took one of the names meanwhile, the next
@@ -116,20 +116,26 @@ def write(result, endings, names, targets):
                 targets = names.claim(result.path, {kind: endings[kind] for kind in staged})
     finally:
         discard(staged)
-    return [f"{result.path}:", *report(result), *notes, *(str(targets[kind]) for kind in files)]
+    return [f"{result.path}:", *report(result), *notes, *(str(targets[kind]) for kind in files)], targets
 
 
 def savers(result, endings):
     """-> ({kind: save(path)} for each file of ``endings`` that can be made, notes on the rest):
     the drawing is done here, the writing by each save."""
     masks = {f: upsample(g, result.picture.shape[:2]) for f, g in result.maps.items()}
-    files = {"overlay": partial(write_png, picture=join([overlay(result.picture, m) for m in masks.values()]))}
+    overlays = {f: overlay(result.picture, m) for f, m in masks.items()}
+    if len(overlays) == 1:  # the map over the photo, at its size
+        files = {"overlay": partial(write_png, picture=next(iter(overlays.values())))}
+    else:  # side by side, each under its fusion's name, all under what they explain
+        panels = join([labelled(picture, f"{fusion} fusion") for fusion, picture in overlays.items()])
+        files = {"overlay": partial(write_png, picture=labelled(panels, title(result), size=16))}
     for fusion, mask in masks.items():
         files[f"mask {fusion}"] = partial(write_npy, array=mask)
         if f"grid {fusion}" in endings:
             files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(result.maps[fusion], np.float32))
         if f"layers {fusion}" in endings:
-            files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(result.picture, *result.layers[fusion]))
+            files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(
+                result.picture, *result.layers[fusion], title=f"{title(result)}, {fusion} fusion"))
     if "explorer" in endings:
         files["explorer"] = partial(write_text, text=explorer_page(result))
     notes = []
@@ -142,6 +148,13 @@ def savers(result, endings):
         else:
             files["plot"] = partial(write_figure, figure=figure)
     return files, notes
+
+
+def title(result):
+    """What ``result`` explains, in a line: the method, and the class."""
+    method, name = METHODS[result.method], class_names()[result.category].split(",")[0]
+    return f"{method.title} " + (f"for class {result.category}, {name}" if method.uses_gradient
+                                 else f"(top class {result.category}, {name})")
 
 
 def report(result):

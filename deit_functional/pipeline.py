@@ -36,6 +36,7 @@ from .explanations import explain, explain_by_layer
 from .model import forward
 from .images import ImageError, read_picture, to_input
 from .outputs import Names, PictureResult, file_endings, file_tag, write
+from .report import entry as report_entry, write_report
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Job:
     batch_size: int = 32
     per_layer: bool = False       # also the rollout through each layer (drawing.layer_figure)
     html: bool = False            # also the explorer page (explorer.py)
+    report: bool = False          # also report.md and report.html over all pictures (needs evaluate)
     evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
     save_grid: bool = False       # also the (G, G) map as .npy
 
@@ -104,14 +106,16 @@ def run(paths, weights, job, device):
     names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category))
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
-    finished, failures, full = 0, 0, None
+    finished, failures, full, entries = 0, 0, None, []
     disk_full = threading.Event()
 
     def write_unless_full(result, endings, targets):
+        """-> the lines to print, and the picture's entry in the report (or None)."""
         if disk_full.is_set():
             return None  # dropped: the run is stopping
         try:
-            return write(result, endings, names, targets)
+            lines, targets = write(result, endings, names, targets)
+            return lines, report_entry(result, targets["overlay"]) if job.report else None
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 disk_full.set()
@@ -121,7 +125,7 @@ def run(paths, weights, job, device):
         """Print a write's lines above the progress bar, or count its failure."""
         nonlocal finished, failures, full
         try:
-            lines = write_future.result()
+            written = write_future.result()
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 full = full or error  # reported once, for the whole run
@@ -129,9 +133,11 @@ def run(paths, weights, job, device):
                 failures += 1
                 print(f"cannot write results: {error}", file=sys.stderr)
         else:
-            if lines is not None:
+            if written is not None:
+                lines, entry = written
                 bar.write("\n".join(lines), file=sys.stdout)
                 finished += 1
+                entries.extend([entry] if entry else [])
 
     with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(2) as writers, \
             tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
@@ -167,6 +173,15 @@ def run(paths, weights, job, device):
         raise DiskFull(f"{job.output_dir}: {full.strerror.lower()}: the run stopped with {finished} of "
                        f"{len(paths)} pictures written, each whole (those listed above); nothing "
                        "partial was left")
+    if entries:
+        try:
+            print("\n".join(str(path) for path in write_report(entries, job)))
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"{job.output_dir}: {error.strerror.lower()}: no report was written; the "
+                               f"{finished} pictures listed above are whole") from None
+            print(f"cannot write the report: {error}", file=sys.stderr)
+            failures += 1
     return failures
 
 

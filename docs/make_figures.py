@@ -19,9 +19,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deit_functional import explain, explain_by_layer, load_image, load_weights, to_input  # noqa: E402
-from deit_functional.drawing import curves_figure, join, layer_figure, overlay, to_height, upsample  # noqa: E402
+from deit_functional.drawing import (curves_figure, join, labelled, layer_figure, overlay, to_height,  # noqa: E402
+                                     upsample)
 from deit_functional.evaluate import perturbation_test  # noqa: E402
-from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
+from deit_functional.rollout import HEAD_FUSIONS, METHODS  # noqa: E402
 from deit_functional.writing import write_atomically  # noqa: E402
 from deit_functional.weights import expected_shapes  # noqa: E402
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict  # noqa: E402
@@ -36,11 +37,12 @@ SQUARES = [("red", 30, 40, 70), ("blue", 110, 170, 50)]
 DISCARD = 0.0  # the library default; the command line's is 0.9 (0 with --method chefer)
 
 
-def panels(picture, grids, backdrop=None):
+def panels(picture, grids, labels, backdrop=None):
     """The picture, then each (G, G) map drawn at the picture's size over ``backdrop``
-    (default: the picture itself)."""
+    (default: the picture itself), each under its label."""
     backdrop = picture if backdrop is None else backdrop
-    return [picture] + [overlay(backdrop, upsample(g, picture.shape[:2])) for g in grids]
+    drawn = [picture] + [overlay(backdrop, upsample(g, picture.shape[:2])) for g in grids]
+    return [labelled(panel, label) for panel, label in zip(drawn, labels, strict=True)]
 
 
 def grey(picture):
@@ -54,7 +56,8 @@ def figure_a(weights, picture, x):
     """Attention Rollout with the three head fusions: mean, min, max."""
     logits, maps = explain(weights, x[None], "attention", head_fusions=HEAD_FUSIONS, discard_ratio=DISCARD)
     grids = [maps[f][0] for f in HEAD_FUSIONS]
-    save("a_attention_rollout_fusions.png", join(panels(picture, grids, grey(picture))))
+    labels = ["the planted scene"] + [f"{f} fusion" for f in HEAD_FUSIONS]
+    save("a_attention_rollout_fusions.png", join(panels(picture, grids, labels, grey(picture))))
     spread = max(float((maps[f] - maps["mean"]).abs().max()) for f in HEAD_FUSIONS)
     probability = logits.softmax(dim=-1)[0]
     print(f"  top class {int(logits[0].argmax())}; p(red class {RED_CLASS}) = {probability[RED_CLASS]:.3f}, "
@@ -68,7 +71,9 @@ def figure_b(weights, picture, x):
     for method in ("gradient", "chefer"):
         grids = [explain(weights, x[None], method, category=category, discard_ratio=DISCARD)[1]["mean"][0]
                  for category in (RED_CLASS, BLUE_CLASS)]
-        rows.append(join(panels(picture, grids, grey(picture))))
+        title = METHODS[method].title
+        labels = ["the planted scene", f"{title}, class {RED_CLASS} (red)", f"{title}, class {BLUE_CLASS} (blue)"]
+        rows.append(join(panels(picture, grids, labels, grey(picture))))
     save("b_gradient_red_vs_blue.png", join(rows, axis=0))
 
 
@@ -76,7 +81,8 @@ def figure_c(weights, picture, x):
     """Per layer, Attention Rollout: rollout after layers 1..12 (top), each layer's raw CLS attention."""
     _, by_layer, own = explain_by_layer(weights, x[None], "attention", discard_ratio=DISCARD)
     by_layer, own = by_layer["mean"][:, 0], own["mean"][:, 0]
-    save("c_per_layer.png", layer_figure(grey(picture), by_layer, own, height=84, gap=4))
+    save("c_per_layer.png", layer_figure(grey(picture), by_layer, own, "Attention Rollout, mean fusion, discard 0",
+                                         height=84, gap=4))
     change = float((by_layer - by_layer[-1]).abs().max())
     print(f"  largest difference between any layer's rollout and the last one: {change:.1e}")
 
@@ -102,7 +108,8 @@ def figure_f(weights, picture, x):
     """Attention Rollout against Attention Flow (mean, discard 0), over a grey copy of the scene."""
     grids = {method: explain(weights, x[None], method, discard_ratio=DISCARD)[1]["mean"][0]
              for method in ("attention", "flow")}
-    save("f_rollout_vs_flow.png", join(panels(picture, grids.values(), grey(picture))))
+    labels = ["the planted scene", "Attention Rollout", "Attention Flow"]
+    save("f_rollout_vs_flow.png", join(panels(picture, grids.values(), labels, grey(picture))))
     for method, grid in grids.items():  # patch rows 7-10 and columns 8-11 hold the blue square
         print(f"  {method}: blue square's top patch {float(grid[7:11, 8:12].max()):.3f}, "
               f"median patch {float(grid.median()):.4f}")
@@ -129,7 +136,8 @@ def figure_e():
     x, picture = load_image(ROOT / "images" / "cat.jpg")
     small = to_height(picture, 128)
     grids = [explain(weights, x[None], "attention", discard_ratio=ratio)[1]["mean"][0] for ratio in (0.0, 0.9)]
-    save("e_random_weights_cat.png", join(panels(small, grids)))
+    save("e_random_weights_cat.png", join(panels(small, grids, ["cat.jpg", "random weights, discard 0",
+                                                               "random weights, discard 0.9"])))
     print(f"  random weights: smallest patch value of the max-1 map: discard 0 -> {grids[0].min():.3f}, "
           f"discard 0.9 -> {grids[1].min():.3f}")
 

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from deit_functional.drawing import curves_figure, jet, join, layer_figure, overlay, to_height, upsample
+from deit_functional.drawing import (curves_figure, jet, join, labelled, layer_figure, overlay, to_height,
+                                     upsample)
 from deit_functional.evaluate import FRACTIONS, auc
 
 
@@ -49,19 +50,36 @@ def test_join_puts_white_gaps_between_panels():
     assert stacked.shape == (13, 4, 3) and np.all(stacked[5:8] == 255)
 
 
-def test_per_layer_figure_has_the_expected_panels_and_size():
+def test_labelled_puts_the_text_in_a_white_band_above():
+    picture = np.full((30, 120, 3), 90, np.uint8)
+    one, other = labelled(picture, "layer 1"), labelled(picture, "layer 12")
+    assert one.shape == (30 + 21, 120, 3) and np.array_equal(one[21:], picture)
+    band = one[:21]
+    dark = band.min(axis=2) < 128
+    assert dark.any() and not dark[:, 70:].any()  # the text, at the left, short
+    assert (band[~dark] > 128).all() and not np.array_equal(band, other[:21])
+
+
+def test_per_layer_figure_has_the_expected_panels_labels_and_size():
     picture = np.random.default_rng(0).integers(0, 256, (150, 300, 3), dtype=np.uint8)
     by_layer = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(1))
     own = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(2))
-    figure = layer_figure(picture, by_layer, own, height=100, gap=8)
-    assert figure.shape == (2 * 100 + 8, 12 * 200 + 11 * 8, 3)
+    figure = layer_figure(picture, by_layer, own, "a title", height=100, gap=8)
+    title, row_title, layer_label = 24, 21, 21  # bands of 16, 14 and 14-pixel text
+    tops = (title + row_title + layer_label, title + row_title + layer_label + 100 + 8 + row_title)
+    assert figure.shape == (tops[1] + 100, 12 * 200 + 11 * 8, 3)
     small = to_height(picture, 100)
-    for row, grids in enumerate((by_layer, own)):
+    for top, grids in zip(tops, (by_layer, own)):
         for layer in (0, 5, 11):
-            top, left = row * 108, layer * 208
+            left = layer * 208
             expected = overlay(small, upsample(grids[layer], (100, 200)))
             np.testing.assert_array_equal(figure[top:top + 100, left:left + 200], expected)
-    assert np.all(figure[100:108] == 255) and np.all(figure[:, 200:208] == 255)  # white gaps
+    assert all(np.all(figure[top:top + 100, 200:208] == 255) for top in tops)  # white gaps between panels
+    labels = [figure[tops[0] - layer_label:tops[0], l * 208:l * 208 + 200] for l in range(12)]
+    assert all((label.min(axis=2) < 128).any() for label in labels)  # every column headed ...
+    assert len({label.tobytes() for label in labels}) == 12  # ... by its own number
+    for band in (figure[:title], figure[title:title + row_title], figure[tops[0] + 108:tops[1]]):
+        assert (band.min(axis=2) < 128).any()  # the title and both row titles are written
 
 
 def test_curves_figure_plots_every_fusions_curves_with_their_areas():

@@ -70,7 +70,7 @@ def test_evaluate_and_per_layer_write_their_files(planted_run):
     assert result.returncode == 0, result.stderr
     files = [Path(line) for line in result.stdout.splitlines() if line.startswith(str(folder))]
     layers = [f for f in files if "layer" in f.name]
-    assert len(layers) == 3 and all(np.asarray(Image.open(f)).shape == (2 * 112 + 8, 12 * 146 + 11 * 8, 3)
+    assert len(layers) == 3 and all(np.asarray(Image.open(f)).shape == (24 + 21 + 21 + 112 + 8 + 21 + 112, 12 * 146 + 11 * 8, 3)
                                     for f in layers)
     report = json.loads(next(f for f in files if f.suffix == ".json").read_text())
     assert set(report["fusions"]) == {"mean", "min", "max"} and report["category"] == 87

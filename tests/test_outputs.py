@@ -62,7 +62,7 @@ def test_a_name_taken_after_it_was_claimed_goes_to_the_next_free_one(tmp_path):
     targets = names.claim(result.path, endings)
     (tmp_path / "out").mkdir()
     targets["mask mean"].write_bytes(b"another run's mask")
-    lines = write(result, endings, names, targets)
+    lines, _ = write(result, endings, names, targets)
     assert targets["mask mean"].read_bytes() == b"another run's mask"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_tag-2.png", "a_tag-2_mask.npy", "a_tag_mask.npy"]
     assert lines[-2:] == [str(tmp_path / "out" / "a_tag-2.png"), str(tmp_path / "out" / "a_tag-2_mask.npy")]

@@ -62,7 +62,13 @@ def test_gradient_script_all_fusions_and_no_overwrite(tmp_path, photo, checkpoin
     assert len(files) == 1 + 3 + 3
     assert all("gradient-rollout_all_discard0.9_category87" in f.name for f in files)
     assert {f.name.split("_")[-2] for f in files if f.suffix == ".npy"} == {"mean", "min", "max"}
-    assert np.asarray(Image.open(files[0])).shape == (120, 170 * 3 + 2 * 8, 3)  # three panels
+    figure = np.asarray(Image.open(files[0]))
+    assert figure.shape == (24 + 21 + 120, 170 * 3 + 2 * 8, 3)  # a title, three labelled panels
+    from deit_functional.drawing import overlay
+    photo_pixels = np.asarray(Image.open(photo).convert("RGB"))
+    for k, fusion in enumerate(("mean", "min", "max")):  # each panel: that fusion's mask over the photo
+        mask = np.load(next(f for f in files if f.name.endswith(f"_{fusion}_mask.npy")))
+        np.testing.assert_array_equal(figure[45:, k * 178:k * 178 + 170], overlay(photo_pixels, mask))
     grid = np.load(next(f for f in files if f.name.endswith("max_grid.npy")))
     assert grid.shape == (14, 14) and grid.max() == 1
     before = {f: f.read_bytes() for f in files}
