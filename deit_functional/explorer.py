@@ -133,7 +133,7 @@ PAGE = """<!doctype html>
 <section id="faithfulness" hidden><h2>Faithfulness (perturbation test)</h2>
   <p class="hint">Probability of the class as the most (positive) or least (negative) relevant
   patches are removed: lower positive and higher negative areas mean a more faithful map.</p>
-  <table id="auc"></table></section>
+  <table id="auc"></table><div id="curves"></div></section>
 <p class="note">Colours: each panel scaled to its own maximum, dark blue 0 to dark red. Numbers are
 stored at 8 bits: an attention value shown is within half a step (its row's largest entry / 510)
 of the model's, a map value within 1/510.</p>
@@ -245,6 +245,19 @@ if (D.faithfulness) {
   for (const [f, s] of Object.entries(D.faithfulness)) {
     const row = $("auc").insertRow();
     for (const text of [s.positive_auc.toFixed(4), s.negative_auc.toFixed(4), f]) row.insertCell().textContent = text;
+  }
+  const colours = ["#1f77b4", "#d62728", "#2ca02c"], top = Math.max(...Object.values(D.faithfulness)
+    .flatMap((s) => s.positive.concat(s.negative))) || 1;
+  for (const order of ["positive", "negative"]) {  // p(class) against the share of patches removed
+    const lines = Object.entries(D.faithfulness).map(([f, s], k) => {
+      const points = s.fractions.map((x, i) => `${(x * 260).toFixed(1)},${(150 - s[order][i] / top * 150).toFixed(1)}`);
+      return `<polyline fill="none" stroke="${colours[k % 3]}" stroke-width="2" points="${points.join(" ")}"/>` +
+             `<text x="270" y="${14 + 16 * k}" fill="${colours[k % 3]}">${f}</text>`;
+    });
+    $("curves").insertAdjacentHTML("beforeend", `<svg class="${order}" width="404" height="200" viewBox="-64 -20 404 200">` +
+      `<text x="0" y="-6">${order === "positive" ? "most" : "least"} relevant removed first</text>` +
+      `<path d="M0,0 V150 H260" fill="none" stroke="#888"/><text x="0" y="168">0</text>` +
+      `<text x="240" y="168">share 1</text><text x="-4" y="4" text-anchor="end">${top.toPrecision(2)}</text>${lines.join("")}</svg>`);
   }
 }
 picture.src = "data:image/jpeg;base64," + D.picture;

@@ -33,8 +33,8 @@ import torch
 
 from .evaluate import perturbation_test
 from .explanations import explain, explain_by_layer
-from .model import forward
 from .images import ImageError, read_picture, to_input
+from .model import forward
 from .outputs import Names, PictureResult, file_endings, file_tag, write
 from .report import entry as report_entry, write_report
 

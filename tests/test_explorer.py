@@ -166,6 +166,14 @@ def test_the_page_opens_from_disk_with_no_errors_and_no_requests(browser, explor
     colours = len(np.unique(np.asarray(screenshot).reshape(-1, 3), axis=0))
     assert colours > 1000  # the photo and the maps, not a blank page
     assert "Top-5 classes" in browser.find_element("tag name", "body").text
+    data = page_data(page)  # the faithfulness curves: one line per fusion and order, the run's points
+    for order in ("positive", "negative"):
+        lines = browser.find_elements("css selector", f"#curves svg.{order} polyline")
+        assert len(lines) == 3
+        top = max(max(s["positive"] + s["negative"]) for s in data["faithfulness"].values())
+        for line, scores in zip(lines, data["faithfulness"].values()):
+            ys = [float(point.split(",")[1]) for point in line.get_attribute("points").split()]
+            np.testing.assert_allclose(ys, [150 - v / top * 150 for v in scores[order]], atol=0.051)
 
 
 def test_clicking_a_patch_shows_where_it_attends_with_the_models_values(browser, explored):
