@@ -21,7 +21,7 @@ import json
 
 import numpy as np
 
-from .labels import class_names
+from .labels import class_names, top_indices
 from .rollout import METHODS
 
 SIDE = 448  # the picture's longer side on the page, in pixels
@@ -56,7 +56,6 @@ def page_data(result):
     codes, step = quantised_rows(result.attentions)
     L, H, N, _ = codes.shape
     names = class_names()
-    top = np.argsort(-result.probabilities, kind="stable")[:5]
     method = METHODS[result.method]
     return {
         "picture": _b64(_jpeg(result.picture)),
@@ -68,7 +67,7 @@ def page_data(result):
         "by_layer": {f: _b64(np.rint(np.asarray(by_layer, np.float32) * 255).astype(np.uint8))
                      for f, (by_layer, _) in result.layers.items()},
         "attention": _b64(codes), "step": _b64(step.astype("<f4")),
-        "top5": [[float(result.probabilities[i]), int(i), names[i]] for i in top],
+        "top5": [[float(result.probabilities[i]), int(i), names[i]] for i in top_indices(result.probabilities)],
         "faithfulness": result.faithfulness,
     }
 

@@ -11,10 +11,15 @@ def class_names():
     return (Path(__file__).with_name("imagenet_classes.txt")).read_text().splitlines()
 
 
+def top_indices(probabilities, k=5):
+    """(C,) probabilities (an array) -> the k most probable class indices, most probable first;
+    equal probabilities in class order."""
+    return np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+
+
 def top_classes(probabilities, k=5):
-    """(C,) probabilities (an array) -> k lines 'rank. probability  index name', most probable
-    first; equal probabilities in class order."""
+    """(C,) probabilities (an array) -> k lines 'rank. probability  index name' (top_indices)."""
     probabilities = np.asarray(probabilities)
     names = class_names()
     return [f"  {rank}. {probabilities[i]:.3f}  {i:3d} {names[i]}"
-            for rank, i in enumerate(np.argsort(-probabilities, kind="stable")[:k], start=1)]
+            for rank, i in enumerate(top_indices(probabilities, k), start=1)]

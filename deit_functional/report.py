@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .labels import class_names
+from .labels import class_names, top_indices
 from .rollout import METHODS
 from .writing import discard, publish, stage, write_text
 
@@ -39,9 +39,8 @@ class Entry:
 def entry(result, overlay):
     """A PictureResult scored by --evaluate, and its overlay's path -> its Entry."""
     names = class_names()
-    top = np.argsort(-result.probabilities, kind="stable")[:5]
     return Entry(str(result.path), Path(overlay).name,
-                 [(float(result.probabilities[i]), int(i), names[i]) for i in top],
+                 [(float(result.probabilities[i]), int(i), names[i]) for i in top_indices(result.probabilities)],
                  result.category, result.faithfulness)
 
 
