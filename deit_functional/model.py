@@ -1,16 +1,21 @@
-"""DeiT-tiny as plain tensor code: one pure function per stage, no nn.Module, no hooks.
+"""DeiT as plain tensor code: one pure function per stage, no nn.Module, no hooks.
 
 The forward follows timm's ``deit_tiny_patch16_224`` (Touvron et al., "Training data-efficient
 image transformers", ICML 2021) op for op, in the same order as timm's *unfused* attention path,
-so on CPU float32 it is bitwise equal to timm with ``fused_attn = False``.
+so on CPU float32 it is bitwise equal to timm with ``fused_attn = False``. The same code runs
+``deit_small_patch16_224`` and ``deit_base_patch16_224``: they differ only in the sizes that
+ARCHITECTURES lists, and each stage reads those from its inputs.
 
 Every stage takes the token stream ``x`` first and its own weights ``p`` second: the subtree of
 the nested weights dict (weights.py) whose names mirror timm's, so ``p["qkv"]`` holds
 ``{"weight", "bias"}`` and unpacks straight into ``F.linear``.
 
 Shape legend: the constants below, and B for the batch. Every einops string and shape line
-uses these letters (lower case in einops strings).
+uses these letters (lower case in einops strings). D, H, d, L and M are given for DeiT-tiny, the
+homework's model; ARCHITECTURES holds them for all three.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -18,19 +23,43 @@ from einops import rearrange
 P = 16          # patch side, pixels
 G = 14          # patch grid side: a 224 x 224 picture is G x G patches
 N = 1 + G * G   # tokens: CLS first, then the patches row by row = 197
-D = 192         # width of the token stream
-H = 3           # attention heads
-d = D // H      # head width = 64
-L = 12          # blocks
-M = 4 * D       # MLP hidden width = 768
 C = 1000        # ImageNet classes
 IMAGE_SIZE = G * P  # 224
 LN_EPS = 1e-6   # timm builds DeiT's LayerNorms with eps=1e-6, not torch's default 1e-5
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes in which the DeiTs differ (letters as in the legend); P, G, N and C are the
+    same in all three."""
+    title: str
+    D: int       # width of the token stream
+    H: int       # attention heads, each d = D // H = 64 wide
+    L: int = 12  # blocks
+
+    @property
+    def M(self):
+        return 4 * self.D  # MLP hidden width
+
+
+ARCHITECTURES = {  # timm's names
+    "deit_tiny_patch16_224": Architecture("DeiT-tiny", D=192, H=3),    # 5,717,416 parameters
+    "deit_small_patch16_224": Architecture("DeiT-small", D=384, H=6),  # 22,050,664
+    "deit_base_patch16_224": Architecture("DeiT-base", D=768, H=12),   # 86,567,656
+}
+DEFAULT_MODEL = "deit_tiny_patch16_224"
+_TINY = ARCHITECTURES[DEFAULT_MODEL]
+
+D = _TINY.D     # width of the token stream = 192
+H = _TINY.H     # attention heads = 3
+d = D // H      # head width = 64
+L = _TINY.L     # blocks = 12
+M = _TINY.M     # MLP hidden width = 768
+
+
 def layer_norm(x, p):
     """(..., D) -> (..., D), normalised over the width with p's weight and bias."""
-    return F.layer_norm(x, (D,), **p, eps=LN_EPS)
+    return F.layer_norm(x, x.shape[-1:], **p, eps=LN_EPS)
 
 
 def embed(images, w):
@@ -46,10 +75,11 @@ def attention(x, p):
     """Multi-head self-attention: (B, N, D) -> ((B, N, D), attention map (B, H, N, N)).
 
     The map is returned, not captured: it is the post-softmax matrix every rollout starts from.
+    ``p["heads"]`` is H, the one size the weights' shapes cannot tell (weights.py sets it).
     """
-    qkv = rearrange(F.linear(x, **p["qkv"]), "b n (three h d) -> three b h n d", three=3, h=H)
+    qkv = rearrange(F.linear(x, **p["qkv"]), "b n (three h d) -> three b h n d", three=3, h=p["heads"])
     q, k, v = qkv.unbind(0)  # (B, H, N, d) each
-    q = q * d ** -0.5  # scale q before the product, as timm does (same rounding)
+    q = q * q.shape[-1] ** -0.5  # scale q by d^-1/2 before the product, as timm does (same rounding)
     attn = (q @ rearrange(k, "b h n d -> b h d n")).softmax(dim=-1)
     out = rearrange(attn @ v, "b h n d -> b n (h d)")
     return F.linear(out, **p["proj"]), attn

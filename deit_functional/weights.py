@@ -1,11 +1,18 @@
-"""DeiT-tiny's parameters as plain tensors, loaded strictly.
+"""A DeiT's parameters as plain tensors, loaded strictly.
 
 The weights are a nested dict that mirrors timm's state-dict names, so
 ``blocks.3.attn.qkv.weight`` is ``weights["blocks"][3]["attn"]["qkv"]["weight"]`` and each
-layer's dict unpacks straight into a torch call. Loading checks every expected key is present
-exactly once and has the right shape, so a wrong checkpoint fails here, naming the key, not
-deep inside the forward.
+layer's dict unpacks straight into a torch call; each ``attn`` dict also holds ``heads``, the
+one size no tensor's shape tells. Loading checks every expected key is present exactly once and
+has the right shape, so a wrong checkpoint fails here, naming the key, not deep inside the
+forward.
+
+Two namings are read: timm's (a timm model, its state dict, timm's model.safetensors, the
+official DeiT release's ``{"model": state_dict}``), and Hugging Face transformers'
+``ViTForImageClassification`` (``facebook/deit-tiny-patch16-224`` and its siblings), whose
+separate query, key and value are stacked into timm's ``qkv``.
 """
+import json
 import os
 import re
 import socket
@@ -15,53 +22,136 @@ from urllib.parse import urlparse
 
 import torch
 
-from .model import C, D, L, M, N, P
+from .model import ARCHITECTURES, C, DEFAULT_MODEL, IMAGE_SIZE, N, P
 
-HUB_REPO = "timm/deit_tiny_patch16_224.fb_in1k"
-HUB_FILE = "model.safetensors"
-# The official DeiT release file, as older timm versions cached it under torch.hub's dir.
-RELEASE_FILE = "deit_tiny_patch16_224-a1311bcf.pth"
+TIMM_FILE = "model.safetensors"  # in timm's hub repo of each model
+TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")  # what save_pretrained writes, newer first
+# The official DeiT release files, as older timm versions cached them under torch.hub's dir.
+RELEASE_FILES = {"deit_tiny_patch16_224": "deit_tiny_patch16_224-a1311bcf.pth",
+                 "deit_small_patch16_224": "deit_small_patch16_224-cd65a155.pth",
+                 "deit_base_patch16_224": "deit_base_patch16_224-b5f2ef4d.pth"}
 PROBE_SECONDS = 5.0
+
+# timm's names -> transformers', by prefix ({i}: the block). The three of qkv are stacked in
+# this order along the output dimension, as timm's qkv holds them.
+TRANSFORMERS_NAMES = {
+    "cls_token": "vit.embeddings.cls_token",
+    "pos_embed": "vit.embeddings.position_embeddings",
+    "patch_embed.proj.": "vit.embeddings.patch_embeddings.projection.",
+    "blocks.{i}.norm1.": "vit.encoder.layer.{i}.layernorm_before.",
+    "blocks.{i}.attn.qkv.": "vit.encoder.layer.{i}.attention.attention.{part}.",
+    "blocks.{i}.attn.proj.": "vit.encoder.layer.{i}.attention.output.dense.",
+    "blocks.{i}.norm2.": "vit.encoder.layer.{i}.layernorm_after.",
+    "blocks.{i}.mlp.fc1.": "vit.encoder.layer.{i}.intermediate.dense.",
+    "blocks.{i}.mlp.fc2.": "vit.encoder.layer.{i}.output.dense.",
+    "norm.": "vit.layernorm.",
+    "head.": "classifier.",
+}
+QKV = ("query", "key", "value")
 
 
 class WeightsError(ValueError):
-    """Weights that cannot be had or do not fit DeiT-tiny; the message says which and why."""
+    """Weights that cannot be had or do not fit the model; the message says which and why."""
 
 
-def expected_shapes():
-    """Every state-dict key of deit_tiny_patch16_224 with its shape (5,717,416 parameters)."""
+def timm_hub_repo(model):
+    return f"timm/{model}.fb_in1k"
+
+
+def transformers_hub_repo(model):
+    return "facebook/" + model.replace("_", "-")  # e.g. facebook/deit-tiny-patch16-224
+
+
+def expected_shapes(model=DEFAULT_MODEL):
+    """Every state-dict key of ``model`` (timm's names) with its shape; 5,717,416 parameters for
+    DeiT-tiny."""
+    a = ARCHITECTURES[model]
+    D, M = a.D, a.M
     layer = {"norm1": (D,), "attn.qkv": (3 * D, D), "attn.proj": (D, D),
              "norm2": (D,), "mlp.fc1": (M, D), "mlp.fc2": (D, M)}
     shapes = {"cls_token": (1, 1, D), "pos_embed": (1, N, D),
               "patch_embed.proj.weight": (D, 3, P, P), "patch_embed.proj.bias": (D,),
               "norm.weight": (D,), "norm.bias": (D,),
               "head.weight": (C, D), "head.bias": (C,)}
-    for i in range(L):
+    for i in range(a.L):
         for name, shape in layer.items():
             shapes[f"blocks.{i}.{name}.weight"] = shape
             shapes[f"blocks.{i}.{name}.bias"] = (shape[0],)
     return shapes
 
 
-def load_weights(source=None, device="cpu"):
-    """Return DeiT-tiny's weights as a nested dict of float32 tensors on ``device``.
+def transformers_names(key):
+    """A timm key -> the transformers keys it is made of: query, key and value for a qkv, else one."""
+    block = re.match(r"blocks\.(\d+)\.", key)
+    general = key.replace(block.group(0), "blocks.{i}.", 1) if block else key
+    prefix = next(p for p in TRANSFORMERS_NAMES if general.startswith(p))
+    name = TRANSFORMERS_NAMES[prefix] + general[len(prefix):]
+    i = block.group(1) if block else None
+    return [name.format(i=i, part=part) for part in QKV] if "{part}" in name else [name.format(i=i)]
 
-    ``source`` may be a timm model (its parameters are copied), a state dict, a path to a local
-    checkpoint (the official DeiT release ``{"model": state_dict}`` .pth, a plain state dict in
-    .pth/.bin, or .safetensors), or None for timm's pretrained weights from the Hugging Face
-    cache, downloaded if absent. Raises WeightsError naming the problem.
+
+def load_weights(source=None, device="cpu", model=DEFAULT_MODEL):
+    """Return ``model``'s weights (a key of model.ARCHITECTURES) as a nested dict of float32
+    tensors on ``device``.
+
+    ``source`` may be a timm model (its parameters are copied), a state dict in either naming, a
+    path to a local checkpoint (the official DeiT release ``{"model": state_dict}`` .pth, a state
+    dict in .pth/.bin or .safetensors, or a folder that transformers' ``save_pretrained`` wrote),
+    or None for the pretrained weights from a local cache (the DeiT release's, timm's or
+    transformers'), else downloaded from timm's hub repo. Raises WeightsError naming the problem.
+    (A transformers model object is not read: transformers 5 names its parameters otherwise
+    inside; the files it writes keep the names above.)
     """
+    if model not in ARCHITECTURES:
+        raise WeightsError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
     if source is None:
-        state = _read_file(_pretrained_file())
+        state = _read_file(_pretrained_file(model))
     elif isinstance(source, (str, os.PathLike)):
-        state = _read_file(Path(source))
+        state = _read_file(_checkpoint_file(Path(source), model))
     elif isinstance(source, torch.nn.Module):
         state = source.state_dict()
     elif isinstance(source, dict):
         state = source
     else:
         raise WeightsError(f"cannot load weights from a {type(source).__name__}")
-    return _nest(_checked(state), device)
+    return _nest(_in_timm_names(state, model), device, model)
+
+
+def _checkpoint_file(path, model):
+    """A checkpoint file as given, or the one in a folder that transformers wrote, its
+    config.json checked against ``model``."""
+    if not path.is_dir():
+        return path
+    found = [path / name for name in TRANSFORMERS_FILES if (path / name).is_file()]
+    if not found:
+        raise WeightsError(f"folder {path} holds no {' or '.join(TRANSFORMERS_FILES)}")
+    if (path / "config.json").is_file():
+        _check_config(path / "config.json", model)
+    return found[0]
+
+
+def _check_config(path, model):
+    """A transformers config.json must describe ``model``: a ViT of its sizes."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"cannot read {path}: {error}") from None
+    if config.get("model_type") != "vit":
+        raise WeightsError(f"{path} describes a {config.get('model_type')!r} model, not a ViT: only the "
+                           "non-distilled DeiTs (transformers' ViTForImageClassification) are supported")
+    a = ARCHITECTURES[model]
+    sizes = {"hidden_size": a.D, "num_attention_heads": a.H, "num_hidden_layers": a.L,
+             "intermediate_size": a.M, "image_size": IMAGE_SIZE, "patch_size": P}
+    for field, size in sizes.items():
+        if config.get(field) != size:
+            raise WeightsError(f"{path} has {field} {config.get(field)}, but {a.title} has {size}"
+                               + _other_model_hint(config.get("hidden_size"), model))
+
+
+def _other_model_hint(width, model):
+    """'; they fit deit_small_patch16_224: ...' where another model has that width, else ''."""
+    other = next((m for m, a in ARCHITECTURES.items() if a.D == width and m != model), None)
+    return f"; these are {other}'s sizes: choose that model (--model {other})" if other else ""
 
 
 def _read_file(path):
@@ -87,24 +177,43 @@ def _read_file(path):
     return state
 
 
-def _checked(state):
-    shapes = expected_shapes()
+def _in_timm_names(state, model):
+    """A state dict in either naming, checked strictly -> in timm's names, qkv stacked."""
+    distilled = next((k for k in state if k == "dist_token" or k.startswith("deit.")), None)
+    if distilled:
+        raise WeightsError(f"these are distilled DeiT weights ({distilled!r}), which are not supported: "
+                           f"use the non-distilled {model}")
+    shapes = expected_shapes(model)
+    if not any(k.startswith("vit.") for k in state):
+        return _checked(state, shapes, model)
+    names = {key: transformers_names(key) for key in shapes}
+    parts = {name: (shape[0] // len(names[key]),) + shape[1:] for key, shape in shapes.items() for name in names[key]}
+    state = _checked(state, parts, model)
+    return {key: state[names[key][0]] if len(names[key]) == 1 else torch.cat([state[n] for n in names[key]])
+            for key in shapes}
+
+
+def _checked(state, shapes, model):
+    """``state`` if it holds exactly the keys of ``shapes``, each a tensor of that shape."""
+    title = ARCHITECTURES[model].title
     missing = [k for k in shapes if k not in state]
     extra = [k for k in state if k not in shapes]
     if missing or extra:
         parts = [f"missing key {k!r}" for k in missing[:3]] + [f"unexpected key {k!r}" for k in extra[:3]]
         more = len(missing) + len(extra) - len(parts)
-        raise WeightsError("not DeiT-tiny weights: " + ", ".join(parts) + (f" and {more} more" if more else ""))
+        raise WeightsError(f"not {title} weights: " + ", ".join(parts) + (f" and {more} more" if more else ""))
     for key, shape in shapes.items():
         value = state[key]
         if not torch.is_tensor(value) or tuple(value.shape) != shape:
             got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise WeightsError(f"not DeiT-tiny weights: key {key!r} has shape {got}, expected {shape}")
+            hint = _other_model_hint(value.shape[-1], model) if key.endswith("cls_token") and torch.is_tensor(value) else ""
+            raise WeightsError(f"not {title} weights: key {key!r} has shape {got}, expected {shape}{hint}")
     return state
 
 
-def _nest(state, device):
-    """Flat ``a.b.c`` keys -> nested dicts; ``blocks`` becomes a list in block order."""
+def _nest(state, device, model):
+    """Flat ``a.b.c`` keys -> nested dicts; ``blocks`` becomes a list in block order, each
+    attention's dict given its number of heads."""
     tree = {}
     for key, value in state.items():
         *path, leaf = key.split(".")
@@ -112,33 +221,39 @@ def _nest(state, device):
         for part in path:
             node = node.setdefault(part, {})
         node[leaf] = value.detach().to(device=device, dtype=torch.float32, copy=True)
-    tree["blocks"] = [tree["blocks"][str(i)] for i in range(L)]
+    a = ARCHITECTURES[model]
+    tree["blocks"] = [tree["blocks"][str(i)] for i in range(a.L)]
+    for block in tree["blocks"]:
+        block["attn"]["heads"] = a.H
     return tree
 
 
-def _pretrained_file():
-    """The pretrained checkpoint from a local cache, or downloaded -- failing within seconds
-    where there is no network, instead of the hub client's ~50 s of retries."""
+def _pretrained_file(model):
+    """``model``'s pretrained checkpoint from a local cache, or downloaded -- failing within
+    seconds where there is no network, instead of the hub client's ~50 s of retries."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache  # with timm
 
-    release = Path(torch.hub.get_dir()) / "checkpoints" / RELEASE_FILE
+    release = Path(torch.hub.get_dir()) / "checkpoints" / RELEASE_FILES[model]
     if release.is_file():
         return release
-    cached = try_to_load_from_cache(HUB_REPO, HUB_FILE)  # a pure file look-up, no network
-    if isinstance(cached, str):
-        return Path(cached)
-    how = ("pass a local checkpoint instead, e.g. --weights deit_tiny_patch16_224-a1311bcf.pth "
-           "(the official DeiT release) or a timm model.safetensors")
+    cached = [(timm_hub_repo(model), TIMM_FILE)] + [(transformers_hub_repo(model), f) for f in TRANSFORMERS_FILES]
+    for repo, name in cached:
+        found = try_to_load_from_cache(repo, name)  # a pure file look-up, no network
+        if isinstance(found, str):
+            return Path(found)
+    title = ARCHITECTURES[model].title
+    how = (f"pass a local checkpoint instead, e.g. --weights {RELEASE_FILES[model]} (the official "
+           f"DeiT release), timm's model.safetensors or the folder of {transformers_hub_repo(model)}")
     if constants.HF_HUB_OFFLINE:
-        raise WeightsError(f"pretrained DeiT-tiny weights are not in the local cache and "
+        raise WeightsError(f"pretrained {title} weights are not in the local cache and "
                            f"HF_HUB_OFFLINE is set; {how}")
     if not _reachable(constants.ENDPOINT):
-        raise WeightsError(f"pretrained DeiT-tiny weights are not in the local cache and "
+        raise WeightsError(f"pretrained {title} weights are not in the local cache and "
                            f"{constants.ENDPOINT} cannot be reached (no network?); {how}")
     try:
-        return Path(hf_hub_download(HUB_REPO, HUB_FILE))
+        return Path(hf_hub_download(timm_hub_repo(model), TIMM_FILE))
     except Exception as error:
-        raise WeightsError(f"could not download pretrained DeiT-tiny weights ({error}); {how}") from None
+        raise WeightsError(f"could not download pretrained {title} weights ({error}); {how}") from None
 
 
 def _reachable(url):

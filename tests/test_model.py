@@ -1,11 +1,14 @@
-"""The functional forward equals timm's deit_tiny_patch16_224 (GUIDE §2)."""
+"""The functional forward equals timm's deit_tiny_patch16_224 (GUIDE §2), and its larger
+siblings deit_small and deit_base."""
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
-from deit_functional import forward
-from timm_reference import timm_attention
+from deit_functional import forward, load_weights
+from deit_functional.model import ARCHITECTURES
+from timm_reference import random_timm_model, timm_attention
 
 
 def test_logits_and_every_attention_map_are_bitwise_timms_unfused(timm_model, weights, images):
@@ -47,14 +50,39 @@ def test_retain_grad_works_inside_no_grad(weights, images):
     assert all(m.grad is not None for m in maps)
 
 
-def test_parameter_count_is_deit_tiny(weights):
-    def count(tree):
-        if torch.is_tensor(tree):
-            return tree.numel()
-        items = tree.values() if isinstance(tree, dict) else tree
-        return sum(count(t) for t in items)
+def parameter_count(tree):
+    if torch.is_tensor(tree):
+        return tree.numel()
+    if isinstance(tree, int):  # an attention's number of heads
+        return 0
+    return sum(parameter_count(t) for t in (tree.values() if isinstance(tree, dict) else tree))
 
-    assert count(weights) == 5_717_416
+
+def test_parameter_count_is_deit_tiny(weights):
+    assert parameter_count(weights) == 5_717_416
+
+
+@pytest.mark.parametrize("name, parameters", [("deit_small_patch16_224", 22_050_664),
+                                              ("deit_base_patch16_224", 86_567_656)])
+def test_the_larger_deits_are_bitwise_timms_unfused(images, name, parameters):
+    model = random_timm_model(name=name)
+    weights = load_weights(model, model=name)
+    assert parameter_count(weights) == parameters == sum(p.numel() for p in model.parameters())
+    ref_logits, ref_maps, _ = timm_attention(model, images[:2])
+    with torch.no_grad():
+        logits, maps = forward(weights, images[:2])
+    a = ARCHITECTURES[name]
+    assert len(maps) == a.L and all(m.shape == (2, a.H, 197, 197) for m in maps)
+    assert torch.equal(logits, ref_logits)
+    for layer, (ours, theirs) in enumerate(zip(maps, ref_maps)):
+        assert torch.equal(ours, theirs), f"layer {layer}"
+
+
+def test_weights_of_another_size_are_refused_naming_the_model_they_fit():
+    small = random_timm_model(name="deit_small_patch16_224").state_dict()
+    with pytest.raises(ValueError, match=r"'cls_token' has shape \(1, 1, 384\), expected \(1, 1, 192\); "
+                                         r"these are deit_small_patch16_224's sizes"):
+        load_weights(small)
 
 
 def test_package_registers_no_hooks():

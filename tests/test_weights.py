@@ -122,7 +122,7 @@ def test_pretrained_is_read_from_the_local_cache_when_there(tmp_path, monkeypatc
     """The cache path, exercised with a hand-made release file where torch.hub keeps it."""
     hub = tmp_path / "torch_hub"
     (hub / "checkpoints").mkdir(parents=True)
-    torch.save({"model": state}, hub / "checkpoints" / weights_module.RELEASE_FILE)
+    torch.save({"model": state}, hub / "checkpoints" / weights_module.RELEASE_FILES["deit_tiny_patch16_224"])
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
     assert torch.equal(logits_of(load_weights(), images), logits_of(weights, images))
 
@@ -131,12 +131,12 @@ def test_pretrained_is_read_from_the_hugging_face_cache_when_there(tmp_path, mon
     """The hub cache's own layout: refs/main names the snapshot that holds model.safetensors."""
     from huggingface_hub import constants
     from safetensors.torch import save_file
-    repo = tmp_path / "hf" / ("models--" + weights_module.HUB_REPO.replace("/", "--"))
+    repo = tmp_path / "hf" / ("models--" + weights_module.timm_hub_repo("deit_tiny_patch16_224").replace("/", "--"))
     snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    save_file(state, snapshot / weights_module.HUB_FILE)
+    save_file(state, snapshot / weights_module.TIMM_FILE)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("went to the network"))
@@ -146,8 +146,8 @@ def test_pretrained_is_read_from_the_hugging_face_cache_when_there(tmp_path, mon
 def test_real_pretrained_weights_load_as_timm_loads_them(images):
     """Runs only where the real weights sit in a local cache; never downloads."""
     from huggingface_hub import try_to_load_from_cache
-    release = Path(torch.hub.get_dir()) / "checkpoints" / weights_module.RELEASE_FILE
-    cached = try_to_load_from_cache(weights_module.HUB_REPO, weights_module.HUB_FILE)
+    release = Path(torch.hub.get_dir()) / "checkpoints" / weights_module.RELEASE_FILES["deit_tiny_patch16_224"]
+    cached = try_to_load_from_cache(weights_module.timm_hub_repo("deit_tiny_patch16_224"), weights_module.TIMM_FILE)
     path = release if release.is_file() else Path(cached) if isinstance(cached, str) else None
     if path is None:
         pytest.skip("pretrained DeiT-tiny weights are not in a local cache (no network here)")

@@ -9,14 +9,14 @@ from contextlib import contextmanager
 import torch
 
 
-def random_timm_model(seed=0, device="cpu"):
-    """timm's deit_tiny_patch16_224 in eval mode with seeded random weights, every parameter
+def random_timm_model(seed=0, device="cpu", name="deit_tiny_patch16_224"):
+    """timm's ``name`` (deit_tiny_patch16_224) in eval mode with seeded random weights, every parameter
     drawn from N(0, 0.05^2): timm zero-inits biases and ones LayerNorm scales, and perturbing
     them all means nothing in a comparison is trivially 0 or 1."""
     import timm
 
     torch.manual_seed(seed)
-    model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    model = timm.create_model(name, pretrained=False).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
