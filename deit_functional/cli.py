@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .images import ImageError
-from .model import C
+from .model import ARCHITECTURES, C, DEFAULT_MODEL
 from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
 from .rollout import HEAD_FUSIONS, METHODS
@@ -78,9 +78,14 @@ def parser_for(methods):
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
                         "attention to the class token is never discarded (default: "
                         + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")")
-    p.add_argument("--weights", type=Path, metavar="FILE",
-                   help="local checkpoint (.pth, .bin or .safetensors); default: timm's pretrained "
-                        "weights from the local cache, or downloaded")
+    p.add_argument("--weights", type=Path, metavar="PATH",
+                   help="local checkpoint: a .pth, .bin or .safetensors file in timm's or Hugging Face "
+                        "transformers' naming, or the folder transformers' save_pretrained writes "
+                        "(e.g. facebook/deit-tiny-patch16-224's); default: the pretrained weights from "
+                        "a local cache (the DeiT release's, timm's or transformers'), else timm's, downloaded")
+    p.add_argument("--model", choices=list(ARCHITECTURES), default=DEFAULT_MODEL,
+                   help="which DeiT to explain, by timm's name; the small and base ones have 6 and 12 "
+                        "heads per layer (default: %(default)s, the homework's)")
     p.add_argument("--output-dir", type=Path, default=Path("results"), metavar="DIR",
                    help="folder for the results, created if missing; existing files are never "
                         "overwritten (default: ./%(default)s)")
@@ -176,7 +181,7 @@ def job_from(args, methods):
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
                discard_ratio=ratio, output_dir=args.output_dir, batch_size=args.batch_size,
                per_layer=args.per_layer, html=args.html, report=args.report,
-               evaluate=args.evaluate or args.report, save_grid=args.save_grid)
+               evaluate=args.evaluate or args.report, save_grid=args.save_grid, model=args.model)
 
 
 def main(methods, argv=None):
@@ -189,7 +194,7 @@ def main(methods, argv=None):
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)
-        weights = load_weights(args.weights, device=device)
+        weights = load_weights(args.weights, device=device, model=job.model)
         failures = run(paths, weights, job, device)  # raises ImageError if the one picture is unreadable
     except (UsageError, WeightsError, ImageError, ImportError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2

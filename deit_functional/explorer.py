@@ -22,6 +22,7 @@ import json
 import numpy as np
 
 from .labels import class_names, top_indices
+from .model import ARCHITECTURES
 from .rollout import METHODS
 
 SIDE = 448  # the picture's longer side on the page, in pixels
@@ -62,7 +63,7 @@ def page_data(result):
         "file": result.path.name,
         "method": method.title + (f" for class {result.category}, {names[result.category].split(',')[0]}"
                                   if method.uses_gradient else ""),
-        "layers": L, "heads": H, "tokens": N, "grid": round((N - 1) ** 0.5),
+        "model": ARCHITECTURES[result.model].title, "layers": L, "heads": H, "tokens": N, "grid": round((N - 1) ** 0.5),
         "fusions": list(result.layers),
         "by_layer": {f: _b64(np.rint(np.asarray(by_layer, np.float32) * 255).astype(np.uint8))
                      for f, (by_layer, _) in result.layers.items()},
@@ -76,7 +77,7 @@ def explorer_page(result):
     """A PictureResult with ``attentions`` and ``layers`` -> the explorer page, as text."""
     data = json.dumps(page_data(result), separators=(",", ":")).replace("</", "<\\/")  # no "</script>"
     before, after = PAGE.split("DATA", 1)
-    title = html.escape(f"{result.path.name}: where DeiT-tiny looks")
+    title = html.escape(f"{result.path.name}: where {ARCHITECTURES[result.model].title} looks")
     return before.replace("TITLE", title, 1) + data + after
 
 
@@ -230,7 +231,7 @@ picture.onload = () => {
 };
 
 $("title").textContent = D.file;
-$("method").textContent = `${D.method} \\u00b7 DeiT-tiny \\u00b7 ${L} layers, ${H} heads, ${G}\\u00d7${G} patches`;
+$("method").textContent = `${D.method} \\u00b7 ${D.model} \\u00b7 ${L} layers, ${H} heads, ${G}\\u00d7${G} patches`;
 $("layer").max = L; $("layer").value = L;
 for (const f of D.fusions) $("fusion").append(new Option(f, f));
 $("top5").innerHTML = "<tr><th>p</th><th>class</th><th>name</th></tr>";

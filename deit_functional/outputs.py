@@ -17,6 +17,7 @@ import numpy as np
 from .drawing import curves_figure, join, labelled, layer_figure, overlay, upsample
 from .explorer import explorer_page
 from .labels import class_names, top_classes
+from .model import ARCHITECTURES, DEFAULT_MODEL
 from .rollout import HEAD_FUSIONS, METHODS, method_named
 from .writing import discard, publish, stage, write_figure, write_json, write_npy, write_png, write_text
 
@@ -34,6 +35,7 @@ class PictureResult:
     faithfulness: dict | None = None  # head fusion -> perturbation-test scores (evaluate.py)
     method: str = "attention"     # a key of rollout.METHODS
     attentions: np.ndarray | None = None  # (L, H, N, N) the model's maps, for the explorer page
+    model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES
 
 
 def looks_like_a_result(path):
@@ -46,10 +48,13 @@ def looks_like_a_result(path):
                      rf"(_{fusion})?(_layers|_evaluation)?$", Path(path).stem) is not None
 
 
-def file_tag(method, head_fusions, discard_ratio, category=None):
-    """The part of every file name that says how the picture was explained."""
+def file_tag(method, head_fusions, discard_ratio, category=None, model=DEFAULT_MODEL):
+    """The part of every file name that says how the picture was explained (and by which DeiT,
+    where not the default one)."""
     fusions = "all" if tuple(head_fusions) == HEAD_FUSIONS else "+".join(head_fusions)
     parts = [method_named(method).file_name, fusions, f"discard{discard_ratio:g}"]
+    if model != DEFAULT_MODEL:
+        parts.insert(0, ARCHITECTURES[model].title.lower())  # e.g. deit-small
     if category is not None:
         parts.append(f"category{category}")
     return "_".join(parts)

@@ -34,7 +34,7 @@ import torch
 from .evaluate import perturbation_test
 from .explanations import explain, explain_by_layer
 from .images import ImageError, read_picture, to_input
-from .model import forward
+from .model import DEFAULT_MODEL, forward
 from .outputs import Names, PictureResult, file_endings, file_tag, write
 from .report import entry as report_entry, write_report
 
@@ -53,6 +53,7 @@ class Job:
     report: bool = False          # also report.md and report.html over all pictures (needs evaluate)
     evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
     save_grid: bool = False       # also the (G, G) map as .npy
+    model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES, which the weights are of
 
 
 def explain_batch(weights, batch, job, device):
@@ -79,7 +80,7 @@ def explain_batch(weights, batch, job, device):
                     for f in job.head_fusions} if job.per_layer or job.html else {},
             category=category,
             faithfulness=perturbation_test(weights, inputs[row], grids, category) if job.evaluate else None,
-            method=job.method, attentions=attentions[row] if job.html else None))
+            method=job.method, attentions=attentions[row] if job.html else None, model=job.model))
     return results
 
 
@@ -103,7 +104,7 @@ def run(paths, weights, job, device):
     # Pillow warns about files it reads well (palette transparency, odd EXIF fields): a run
     # reports only what stops a picture.
     warnings.filterwarnings("ignore", module=r"PIL\.")
-    names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category))
+    names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category, job.model))
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
     finished, failures, full, entries = 0, 0, None, []

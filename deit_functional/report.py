@@ -17,6 +17,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .labels import class_names, top_indices
+from .model import ARCHITECTURES
 from .rollout import METHODS
 from .writing import discard, publish, stage, write_text
 
@@ -55,17 +56,21 @@ def summary(entries):
             for k, f in enumerate(fusions)}
 
 
+def title(job):
+    return f"Which parts of the pictures {ARCHITECTURES[job.model].title} looks at"
+
+
 def heading(job):
     method = METHODS[job.method]
     what = method.title + (f" for class {job.category}, {class_names()[job.category]}" if method.uses_gradient else "")
     return (f"{what}; head fusions {', '.join(job.head_fusions)}; discard ratio {job.discard_ratio:g}; "
-            f"DeiT-tiny; {datetime.date.today():%Y-%m-%d}")
+            f"{ARCHITECTURES[job.model].title}; {datetime.date.today():%Y-%m-%d}")
 
 
 def markdown(entries, job):
     """The report as Markdown: each picture, then the summary."""
     name = lambda index: class_names()[index].split(",")[0]
-    lines = ["# Which parts of the pictures DeiT-tiny looks at", "", heading(job), ""]
+    lines = [f"# {title(job)}", "", heading(job), ""]
     for e in entries:
         lines += [f"## {e.picture}", "", f"![{Path(e.picture).name}: {' | '.join(e.faithfulness)}](<{e.overlay}>)", "",
                   "| p | class | name |", "|---:|---:|---|",
@@ -89,7 +94,7 @@ def html_page(entries, job):
              "<style>body{font:15px/1.4 system-ui,sans-serif;margin:1.5em;max-width:1100px}img{max-width:100%}"
              "td,th{padding:.15em .7em;border-bottom:1px solid #ddd;text-align:right}"
              "table{border-collapse:collapse;margin:.5em 0}</style></head><body>",
-             "<h1>Which parts of the pictures DeiT-tiny looks at</h1>", f"<p>{e_(heading(job))}</p>"]
+             f"<h1>{title(job)}</h1>", f"<p>{e_(heading(job))}</p>"]
     for e in entries:
         name = class_names()[e.category].split(",")[0]
         parts += [f"<h2>{e_(e.picture)}</h2>", f"<img src='{quote(e.overlay)}' alt='{e_(Path(e.picture).name)}'>",

@@ -323,3 +323,32 @@ def test_both_scripts_find_the_planted_squares_end_to_end(tmp_path, planted_chec
             for mask in (np.load(f) for f in written(result.stdout) if f.suffix == ".npy"):
                 assert peak_inside(mask, own)
                 assert square_mean(mask, other) < 0.2 * square_mean(mask, own)
+
+
+def test_model_chooses_the_larger_deit_and_names_its_files(tmp_path, photo):
+    """--model deit_small_patch16_224: the mask is the library's on the same weights, the files
+    say which DeiT, the explorer page shows its 6 heads; a tiny checkpoint is refused for it."""
+    from deit_functional import explain, load_weights, read_picture, to_input
+    from deit_functional.drawing import upsample
+    from timm_reference import random_timm_model
+    small = random_timm_model(name="deit_small_patch16_224")
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    result = run(ATTENTION, "--image", photo, "--weights", tmp_path / "small.pth", "--model", "deit_small_patch16_224",
+                 "--html", "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [overlay, mask] = written(result.stdout)
+    assert overlay.name == "photo_deit-small_attention-rollout_mean_discard0.9.png"
+    picture = read_picture(photo)
+    _, maps = explain(load_weights(small, model="deit_small_patch16_224"), to_input(picture)[None], "attention",
+                      discard_ratio=0.9)
+    np.testing.assert_array_equal(np.load(tmp_path / mask), upsample(maps["mean"][0], picture.shape[:2]))
+    page = (tmp_path / "out" / "photo_deit-small_attention-rollout_mean_discard0.9_explorer.html").read_text()
+    assert '"model":"DeiT-small","layers":12,"heads":6' in page and "where DeiT-small looks" in page
+
+    torch.save(random_timm_model().state_dict(), tmp_path / "tiny.pth")
+    refused = run(ATTENTION, "--image", photo, "--weights", tmp_path / "tiny.pth", "--model", "deit_small_patch16_224",
+                  "--output-dir", tmp_path / "out2", cwd=tmp_path)
+    assert refused.returncode == 2 and not (tmp_path / "out2").exists()
+    assert refused.stderr.splitlines()[-1].endswith(
+        "not DeiT-small weights: key 'cls_token' has shape (1, 1, 192), expected (1, 1, 384); these are "
+        "deit_tiny_patch16_224's sizes: choose that model (--model deit_tiny_patch16_224)")
