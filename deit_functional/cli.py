@@ -83,9 +83,9 @@ def parser_for(methods):
                         "transformers' naming, or the folder transformers' save_pretrained writes "
                         "(e.g. facebook/deit-tiny-patch16-224's); default: the pretrained weights from "
                         "a local cache (the DeiT release's, timm's or transformers'), else timm's, downloaded")
-    p.add_argument("--model", choices=list(ARCHITECTURES), default=DEFAULT_MODEL,
-                   help="which DeiT to explain, by timm's name; the small and base ones have 6 and 12 "
-                        "heads per layer (default: %(default)s, the homework's)")
+    p.add_argument("--model", choices=list(ARCHITECTURES), default=DEFAULT_MODEL, metavar="NAME",
+                   help="which DeiT to explain, by timm's name: " + ", ".join(ARCHITECTURES) + " (with "
+                        "3, 6 and 12 heads per layer; default: %(default)s, the homework's)")
     p.add_argument("--output-dir", type=Path, default=Path("results"), metavar="DIR",
                    help="folder for the results, created if missing; existing files are never "
                         "overwritten (default: ./%(default)s)")
