@@ -143,13 +143,13 @@ def _check_config(path, model):
     sizes = {"hidden_size": a.D, "num_attention_heads": a.H, "num_hidden_layers": a.L,
              "intermediate_size": a.M, "image_size": IMAGE_SIZE, "patch_size": P}
     for field, size in sizes.items():
-        if config.get(field) != size:
+        if field in config and config[field] != size:
             raise WeightsError(f"{path} has {field} {config.get(field)}, but {a.title} has {size}"
                                + _other_model_hint(config.get("hidden_size"), model))
 
 
 def _other_model_hint(width, model):
-    """'; they fit deit_small_patch16_224: ...' where another model has that width, else ''."""
+    """Where another model has that width, a hint to choose it, for an error message; else ''."""
     other = next((m for m, a in ARCHITECTURES.items() if a.D == width and m != model), None)
     return f"; these are {other}'s sizes: choose that model (--model {other})" if other else ""
 
@@ -206,7 +206,8 @@ def _checked(state, shapes, model):
         value = state[key]
         if not torch.is_tensor(value) or tuple(value.shape) != shape:
             got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            hint = _other_model_hint(value.shape[-1], model) if key.endswith("cls_token") and torch.is_tensor(value) else ""
+            width = value.shape[-1] if torch.is_tensor(value) and key.endswith("cls_token") else None
+            hint = _other_model_hint(width, model)
             raise WeightsError(f"not {title} weights: key {key!r} has shape {got}, expected {shape}{hint}")
     return state
 

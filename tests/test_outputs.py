@@ -40,6 +40,9 @@ def test_tags_carry_method_fusion_ratio_and_category():
     assert file_tag("attention", ("max",), 0.9) == "attention-rollout_max_discard0.9"
     assert file_tag("gradient", HEAD_FUSIONS, 0.0, 258) == "gradient-rollout_all_discard0_category258"
     assert file_tag("chefer", ("mean", "min"), 0.5, 3) == "chefer_mean+min_discard0.5_category3"
+    larger = file_tag("gradient", ("max",), 0.9, 87, model="deit_base_patch16_224")
+    assert larger == "deit-base_gradient-rollout_max_discard0.9_category87"
+    assert looks_like_a_result(f"cat_{larger}.png") and looks_like_a_result(f"cat_{larger}-2_evaluation.png")
 
 
 def test_names_skip_existing_files_and_names_given_before(tmp_path):
