@@ -212,7 +212,9 @@ function readout(event) {
 picture.onload = () => {
   const main = $("main");
   main.width = width(); main.height = height();
-  const small = Math.round(width() / 2), smallHeight = Math.round(height() / 2);
+  const columns = H > 3 ? 3 : 2;  // DeiT-small's and -base's 6 and 12 heads, smaller
+  $("heads").style.gridTemplateColumns = `repeat(${columns}, max-content)`;
+  const small = Math.round(width() / columns), smallHeight = Math.round(height() / columns);
   for (const panel of panels) {
     const figure = document.createElement("figure");
     panel.canvas = document.createElement("canvas");

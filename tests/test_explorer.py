@@ -236,3 +236,30 @@ def test_the_layer_slider_and_the_fusion_change_the_map(browser, explored):
     hover_patch(browser, heads[3], 4, 4)  # the fused panel now fuses by min
     fused = float(re.search(r", min (\d\.\d{4})$", browser.find_element("id", "readout").text).group(1))
     assert abs(fused - expected.min()) <= attention[1, :, 0].max() / 510 + 5e-5
+
+
+def test_a_larger_deits_page_shows_all_its_heads_with_their_values(browser, photo, tmp_path):
+    """DeiT-small (--model): 6 head panels and the fused one, three to a row, each reading its
+    own head's attention."""
+    name = "deit_small_patch16_224"
+    state = random_timm_model(name=name).state_dict()
+    for block in range(L):
+        state[f"blocks.{block}.attn.qkv.weight"] = state[f"blocks.{block}.attn.qkv.weight"] * 6
+    torch.save(state, tmp_path / "small.pth")
+    result = run(ATTENTION, "--image", photo, "--weights", tmp_path / "small.pth", "--model", name, "--html",
+                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [page] = (tmp_path / "out").glob("*_explorer.html")
+    with torch.no_grad():
+        _, attentions = forward(load_weights(tmp_path / "small.pth", model=name), to_input(read_picture(photo))[None])
+    open_page(browser, page)
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    heads = browser.find_elements("css selector", "#heads canvas")
+    assert len(heads) == 7 and len({c.location["x"] for c in heads}) == 3
+    assert "DeiT-small · 12 layers, 6 heads" in browser.find_element("id", "method").text
+    click_patch(browser, browser.find_element("id", "main"), 4, 7)
+    hover_patch(browser, heads[5], 2, 9)
+    shown = [float(v) for v in re.findall(r"head \d (\d\.\d{4})", browser.find_element("id", "readout").text)]
+    rows = attentions[L - 1][0, :, 1 + 4 * G + 7].numpy()  # (6, N): where patch (4, 7) attends
+    assert len(shown) == 6
+    assert np.all(np.abs(np.array(shown) - rows[:, 1 + 2 * G + 9]) <= rows.max(axis=-1) / 510 + 5e-5)
