@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Attention Rollout for DeiT-tiny: python attention_rollout.py --image path/to/image
-(Attention Flow with --method flow)
+(Attention Flow with --method flow; DeiT-small or -base with --model)
 
 See --help for options; the maths lives in deit_functional/rollout.py.
 """

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Gradient Rollout for DeiT-tiny: python gradient_rollout.py --image path/to/image --category 87
+(Chefer et al.'s rule with --method chefer; DeiT-small or -base with --model)
 
 See --help for options; the maths lives in deit_functional/rollout.py.
 """

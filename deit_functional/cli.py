@@ -44,8 +44,8 @@ discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
 positive_int = bounded(int, 1, float("inf"), "not a positive integer")
 
 
-PURPOSE = {False: "where DeiT-tiny's class token looks, through all 12 layers",
-           True: "where DeiT-tiny looks for one class, from the gradient of that class's logit "
+PURPOSE = {False: "where DeiT-tiny's (or --model's) class token looks, through all 12 layers",
+           True: "where DeiT-tiny (or --model) looks for one class, from the gradient of that class's logit "
                  "(one backward pass at inference)"}  # by whether the methods use the gradient
 
 

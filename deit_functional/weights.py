@@ -118,8 +118,8 @@ def load_weights(source=None, device="cpu", model=DEFAULT_MODEL):
 
 
 def _checkpoint_file(path, model):
-    """A checkpoint file as given, or the one in a folder that transformers wrote, its
-    config.json checked against ``model``."""
+    """A checkpoint file as given, or the one in a folder (as transformers' save_pretrained and
+    the hub write them), after checking a transformers config.json beside it against ``model``."""
     if not path.is_dir():
         return path
     found = [path / name for name in TRANSFORMERS_FILES if (path / name).is_file()]
@@ -131,27 +131,36 @@ def _checkpoint_file(path, model):
 
 
 def _check_config(path, model):
-    """A transformers config.json must describe ``model``: a ViT of its sizes."""
+    """A transformers config.json must describe ``model``: a ViT of its sizes. Another
+    config.json (timm's hub folder holds one, without a model_type) is left alone: the tensors
+    are checked anyway."""
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise WeightsError(f"cannot read {path}: {error}") from None
-    if config.get("model_type") != "vit":
-        raise WeightsError(f"{path} describes a {config.get('model_type')!r} model, not a ViT: only the "
+    if not isinstance(config, dict) or "model_type" not in config:
+        return
+    if config["model_type"] != "vit":
+        raise WeightsError(f"{path} describes a model of type {config['model_type']!r}, not 'vit': only the "
                            "non-distilled DeiTs (transformers' ViTForImageClassification) are supported")
+    differs = lambda m: [(f, size) for f, size in _config_sizes(m).items() if f in config and config[f] != size]
+    if differs(model):
+        field, size = differs(model)[0]
+        raise WeightsError(f"{path} has {field} {config[field]!r}, but {ARCHITECTURES[model].title} has {size}"
+                           + _other_model_hint(lambda m: not differs(m), model))
+
+
+def _config_sizes(model):
+    """The sizes of ``model`` under the names of transformers' ViTConfig."""
     a = ARCHITECTURES[model]
-    sizes = {"hidden_size": a.D, "num_attention_heads": a.H, "num_hidden_layers": a.L,
-             "intermediate_size": a.M, "image_size": IMAGE_SIZE, "patch_size": P}
-    for field, size in sizes.items():
-        if field in config and config[field] != size:
-            raise WeightsError(f"{path} has {field} {config.get(field)}, but {a.title} has {size}"
-                               + _other_model_hint(config.get("hidden_size"), model))
+    return {"hidden_size": a.D, "num_attention_heads": a.H, "num_hidden_layers": a.L,
+            "intermediate_size": a.M, "image_size": IMAGE_SIZE, "patch_size": P}
 
 
-def _other_model_hint(width, model):
-    """Where another model has that width, a hint to choose it, for an error message; else ''."""
-    other = next((m for m, a in ARCHITECTURES.items() if a.D == width and m != model), None)
-    return f"; these are {other}'s sizes: choose that model (--model {other})" if other else ""
+def _other_model_hint(fits, model):
+    """For an error message: where another model ``fits``, a hint to choose it; else ''."""
+    other = next((m for m in ARCHITECTURES if m != model and fits(m)), None)
+    return f"; {other} fits: choose that model (--model {other})" if other else ""
 
 
 def _read_file(path):
@@ -179,18 +188,39 @@ def _read_file(path):
 
 def _in_timm_names(state, model):
     """A state dict in either naming, checked strictly -> in timm's names, qkv stacked."""
-    distilled = next((k for k in state if k == "dist_token" or k.startswith("deit.")), None)
+    distilled = next((k for k in state if k == "dist_token" or str(k).startswith("deit.")), None)
     if distilled:
         raise WeightsError(f"these are distilled DeiT weights ({distilled!r}), which are not supported: "
                            f"use the non-distilled {model}")
+    try:
+        return _renamed(state, model)
+    except WeightsError as error:
+        raise WeightsError(str(error) + _other_model_hint(lambda m: _fits(state, m), model)) from None
+
+
+def _fits(state, model):
+    try:
+        _renamed(state, model)
+        return True
+    except WeightsError:
+        return False
+
+
+def _renamed(state, model):
+    """``state`` checked against ``model``'s keys and shapes in its own naming -> timm's names."""
     shapes = expected_shapes(model)
-    if not any(k.startswith("vit.") for k in state):
+    if not any(str(k).startswith("vit.") for k in state):
         return _checked(state, shapes, model)
     names = {key: transformers_names(key) for key in shapes}
-    parts = {name: (shape[0] // len(names[key]),) + shape[1:] for key, shape in shapes.items() for name in names[key]}
-    state = _checked(state, parts, model)
+    state = _checked(state, _transformers_shapes(shapes, names), model)
     return {key: state[names[key][0]] if len(names[key]) == 1 else torch.cat([state[n] for n in names[key]])
             for key in shapes}
+
+
+def _transformers_shapes(shapes, names):
+    """timm's {key: shape} -> transformers' {name: shape}: a (3D, D) qkv weight is three (D, D)
+    pieces, query, key and value, and its (3D,) bias three (D,); the rest keep their shapes."""
+    return {name: (shape[0] // len(names[key]),) + shape[1:] for key, shape in shapes.items() for name in names[key]}
 
 
 def _checked(state, shapes, model):
@@ -199,16 +229,14 @@ def _checked(state, shapes, model):
     missing = [k for k in shapes if k not in state]
     extra = [k for k in state if k not in shapes]
     if missing or extra:
-        parts = [f"missing key {k!r}" for k in missing[:3]] + [f"unexpected key {k!r}" for k in extra[:3]]
-        more = len(missing) + len(extra) - len(parts)
-        raise WeightsError(f"not {title} weights: " + ", ".join(parts) + (f" and {more} more" if more else ""))
+        found = [f"missing key {k!r}" for k in missing[:3]] + [f"unexpected key {k!r}" for k in extra[:3]]
+        more = len(missing) + len(extra) - len(found)
+        raise WeightsError(f"not {title} weights: " + ", ".join(found) + (f" and {more} more" if more else ""))
     for key, shape in shapes.items():
         value = state[key]
         if not torch.is_tensor(value) or tuple(value.shape) != shape:
             got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            width = value.shape[-1] if torch.is_tensor(value) and key.endswith("cls_token") else None
-            hint = _other_model_hint(width, model)
-            raise WeightsError(f"not {title} weights: key {key!r} has shape {got}, expected {shape}{hint}")
+            raise WeightsError(f"not {title} weights: key {key!r} has shape {got}, expected {shape}")
     return state
 
 

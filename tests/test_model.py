@@ -81,7 +81,10 @@ def test_the_larger_deits_are_bitwise_timms_unfused(images, name, parameters):
 def test_weights_of_another_size_are_refused_naming_the_model_they_fit():
     small = random_timm_model(name="deit_small_patch16_224").state_dict()
     with pytest.raises(ValueError, match=r"'cls_token' has shape \(1, 1, 384\), expected \(1, 1, 192\); "
-                                         r"these are deit_small_patch16_224's sizes"):
+                                         r"deit_small_patch16_224 fits: choose that model \(--model"):
+        load_weights(small)
+    small["pos_embed"] = torch.zeros(1, 577, 384)  # as deit_small_patch16_384's: no model here fits
+    with pytest.raises(ValueError, match=r"expected \(1, 1, 192\)$"):
         load_weights(small)
 
 

@@ -350,5 +350,5 @@ def test_model_chooses_the_larger_deit_and_names_its_files(tmp_path, photo):
                   "--output-dir", tmp_path / "out2", cwd=tmp_path)
     assert refused.returncode == 2 and not (tmp_path / "out2").exists()
     assert refused.stderr.splitlines()[-1].endswith(
-        "not DeiT-small weights: key 'cls_token' has shape (1, 1, 192), expected (1, 1, 384); these are "
-        "deit_tiny_patch16_224's sizes: choose that model (--model deit_tiny_patch16_224)")
+        "not DeiT-small weights: key 'cls_token' has shape (1, 1, 192), expected (1, 1, 384); "
+        "deit_tiny_patch16_224 fits: choose that model (--model deit_tiny_patch16_224)")

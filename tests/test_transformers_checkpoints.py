@@ -49,7 +49,7 @@ def saved(hf_model, tmp_path_factory):
     """The folder save_pretrained writes: model.safetensors and config.json."""
     folder = tmp_path_factory.mktemp("deit-tiny-patch16-224")
     hf_model.save_pretrained(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     return folder
 
 
@@ -133,13 +133,49 @@ def test_a_wrong_transformers_checkpoint_is_refused_naming_the_key(tmp_path, hf_
 def test_a_config_of_another_size_is_refused_naming_the_model_it_fits(tmp_path, saved):
     config = json.loads((saved / "config.json").read_text())
     (tmp_path / "model.safetensors").symlink_to(saved / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 384, "num_attention_heads": 6}))
-    with pytest.raises(WeightsError, match="has hidden_size 384, but DeiT-tiny has 192; these are "
-                                           r"deit_small_patch16_224's sizes: choose that model \(--model"):
+    small = {"hidden_size": 384, "num_attention_heads": 6, "intermediate_size": 1536}
+    (tmp_path / "config.json").write_text(json.dumps({**config, **small}))
+    with pytest.raises(WeightsError, match="has hidden_size 384, but DeiT-tiny has 192; "
+                                           r"deit_small_patch16_224 fits: choose that model \(--model"):
         load_weights(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, **small, "image_size": 384}))
+    with pytest.raises(WeightsError, match="has hidden_size 384, but DeiT-tiny has 192$"):
+        load_weights(tmp_path)  # deit_small_patch16_384's: no model here fits
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_attention_heads": 6}))
     with pytest.raises(WeightsError, match="has num_attention_heads 6, but DeiT-tiny has 3"):
         load_weights(tmp_path)  # the one size the tensors cannot tell
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": "192"}))
+    with pytest.raises(WeightsError, match="has hidden_size '192', but DeiT-tiny has 192"):
+        load_weights(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "deit"}))
+    with pytest.raises(WeightsError, match="describes a model of type 'deit', not 'vit'"):
+        load_weights(tmp_path)
+
+
+def test_timms_hub_folder_with_its_own_config_json_loads(tmp_path, timm_model, weights, images):
+    """timm's own hub folder: model.safetensors in timm's names, beside a config.json that is
+    timm's (no model_type), which is not mistaken for transformers'."""
+    from safetensors.torch import save_file
+    save_file(timm_model.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "deit_tiny_patch16_224", "num_classes": 1000}))
+    with torch.no_grad():
+        assert torch.equal(forward(load_weights(tmp_path), images)[0], forward(weights, images)[0])
+
+
+def test_a_state_dict_with_keys_that_are_not_names_is_refused_in_one_line(tmp_path):
+    torch.save({0: torch.zeros(3)}, tmp_path / "numbered.pth")
+    with pytest.raises(WeightsError, match=r"missing key 'cls_token'.*, unexpected key 0 and \d+ more$"):
+        load_weights(tmp_path / "numbered.pth")
+
+
+def test_each_model_has_its_own_hub_and_release_names():
+    """The names the three are published under: the release files as timm's sources fetched them,
+    the Hugging Face repos as facebook and timm name them."""
+    for size, release in (("tiny", "a1311bcf"), ("small", "cd65a155"), ("base", "b5f2ef4d")):
+        model = f"deit_{size}_patch16_224"
+        assert weights_module.transformers_hub_repo(model) == f"facebook/deit-{size}-patch16-224"
+        assert weights_module.timm_hub_repo(model) == f"timm/deit_{size}_patch16_224.fb_in1k"
+        assert weights_module.RELEASE_FILES[model] == f"deit_{size}_patch16_224-{release}.pth"
 
 
 def test_distilled_deit_weights_are_refused_clearly(hf_state, timm_model):
