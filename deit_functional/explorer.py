@@ -21,7 +21,7 @@ import json
 
 import numpy as np
 
-from .labels import class_names, top_indices
+from .labels import short_name, top
 from .model import ARCHITECTURES
 from .rollout import METHODS
 
@@ -56,19 +56,18 @@ def page_data(result):
     """A PictureResult with ``attentions`` and ``layers`` -> the page's numbers, JSON-ready."""
     codes, step = quantised_rows(result.attentions)
     L, H, N, _ = codes.shape
-    names = class_names()
     method = METHODS[result.method]
     return {
         "picture": _b64(_jpeg(result.picture)),
         "file": result.path.name,
-        "method": method.title + (f" for class {result.category}, {names[result.category].split(',')[0]}"
+        "method": method.title + (f" for class {result.category}, {short_name(result.category)}"
                                   if method.uses_gradient else ""),
         "model": ARCHITECTURES[result.model].title, "layers": L, "heads": H, "tokens": N, "grid": round((N - 1) ** 0.5),
         "fusions": list(result.layers),
         "by_layer": {f: _b64(np.rint(np.asarray(by_layer, np.float32) * 255).astype(np.uint8))
                      for f, (by_layer, _) in result.layers.items()},
         "attention": _b64(codes), "step": _b64(step.astype("<f4")),
-        "top5": [[float(result.probabilities[i]), int(i), names[i]] for i in top_indices(result.probabilities)],
+        "top5": top(result.probabilities),
         "faithfulness": result.faithfulness,
     }
 

@@ -11,15 +11,18 @@ def class_names():
     return (Path(__file__).with_name("imagenet_classes.txt")).read_text().splitlines()
 
 
-def top_indices(probabilities, k=5):
-    """(C,) probabilities (an array) -> the k most probable class indices, most probable first;
-    equal probabilities in class order."""
-    return np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+def short_name(index):
+    """A class's first name, e.g. 'tabby' of 'tabby, tabby cat'."""
+    return class_names()[index].split(",")[0]
+
+
+def top(probabilities, k=5):
+    """(C,) probabilities (an array) -> the k most probable classes as (probability, index, name),
+    most probable first; equal probabilities in class order."""
+    probabilities, names = np.asarray(probabilities), class_names()
+    return [(float(probabilities[i]), int(i), names[i]) for i in np.argsort(-probabilities, kind="stable")[:k]]
 
 
 def top_classes(probabilities, k=5):
-    """(C,) probabilities (an array) -> k lines 'rank. probability  index name' (top_indices)."""
-    probabilities = np.asarray(probabilities)
-    names = class_names()
-    return [f"  {rank}. {probabilities[i]:.3f}  {i:3d} {names[i]}"
-            for rank, i in enumerate(top_indices(probabilities, k), start=1)]
+    """(C,) probabilities (an array) -> k lines 'rank. probability  index name' (``top``)."""
+    return [f"  {rank}. {p:.3f}  {i:3d} {name}" for rank, (p, i, name) in enumerate(top(probabilities, k), start=1)]

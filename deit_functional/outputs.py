@@ -16,7 +16,7 @@ import numpy as np
 
 from .drawing import curves_figure, join, labelled, layer_figure, overlay, upsample
 from .explorer import explorer_page
-from .labels import class_names, top_classes
+from .labels import class_names, short_name, top_classes
 from .model import ARCHITECTURES, DEFAULT_MODEL
 from .rollout import HEAD_FUSIONS, METHODS, method_named
 from .writing import discard, publish, stage, write_figure, write_json, write_npy, write_png, write_text
@@ -147,7 +147,7 @@ def savers(result, endings):
     if result.faithfulness is not None:
         files["evaluation"] = partial(write_json, data={"picture": str(result.path), "category": result.category,
                                                         "fusions": result.faithfulness})
-        figure = curves_figure(result.faithfulness, class_names()[result.category].split(",")[0])
+        figure = curves_figure(result.faithfulness, short_name(result.category))
         if figure is None:
             notes.append("  (no curves plot: matplotlib is not installed; pip install matplotlib)")
         else:
@@ -157,7 +157,7 @@ def savers(result, endings):
 
 def title(result):
     """What ``result`` explains, in a line: the method, and the class."""
-    method, name = METHODS[result.method], class_names()[result.category].split(",")[0]
+    method, name = METHODS[result.method], short_name(result.category)
     return f"{method.title} " + (f"for class {result.category}, {name}" if method.uses_gradient
                                  else f"(top class {result.category}, {name})")
 

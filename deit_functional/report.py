@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .labels import class_names, top_indices
+from .labels import class_names, short_name, top
 from .model import ARCHITECTURES
 from .rollout import METHODS
 from .writing import discard, publish, stage, write_text
@@ -39,10 +39,8 @@ class Entry:
 
 def entry(result, overlay):
     """A PictureResult scored by --evaluate, and its overlay's path -> its Entry."""
-    names = class_names()
-    return Entry(str(result.path), Path(overlay).name,
-                 [(float(result.probabilities[i]), int(i), names[i]) for i in top_indices(result.probabilities)],
-                 result.category, result.faithfulness)
+    return Entry(str(result.path), Path(overlay).name, top(result.probabilities), result.category,
+                 result.faithfulness)
 
 
 def summary(entries):
@@ -69,13 +67,12 @@ def heading(job):
 
 def markdown(entries, job):
     """The report as Markdown: each picture, then the summary."""
-    name = lambda index: class_names()[index].split(",")[0]
     lines = [f"# {title(job)}", "", heading(job), ""]
     for e in entries:
         lines += [f"## {e.picture}", "", f"![{Path(e.picture).name}: {' | '.join(e.faithfulness)}](<{e.overlay}>)", "",
                   "| p | class | name |", "|---:|---:|---|",
                   *(f"| {p:.3f} | {i} | {n} |" for p, i, n in e.top5), "",
-                  f"Faithfulness for class {e.category}, {name(e.category)}:", "",
+                  f"Faithfulness for class {e.category}, {short_name(e.category)}:", "",
                   "| fusion | positive AUC | negative AUC |", "|---|---:|---:|",
                   *(f"| {f} | {s['positive_auc']:.4f} | {s['negative_auc']:.4f} |" for f, s in e.faithfulness.items()), ""]
     lines += [f"## Which fusion is the most faithful? All {len(entries)} pictures", "", RULE, "",
@@ -96,10 +93,9 @@ def html_page(entries, job):
              "table{border-collapse:collapse;margin:.5em 0}</style></head><body>",
              f"<h1>{title(job)}</h1>", f"<p>{e_(heading(job))}</p>"]
     for e in entries:
-        name = class_names()[e.category].split(",")[0]
         parts += [f"<h2>{e_(e.picture)}</h2>", f"<img src='{quote(e.overlay)}' alt='{e_(Path(e.picture).name)}'>",
                   table(["p", "class", "name"], [(f"{p:.3f}", i, n) for p, i, n in e.top5]),
-                  f"<p>Faithfulness for class {e.category}, {e_(name)}:</p>",
+                  f"<p>Faithfulness for class {e.category}, {e_(short_name(e.category))}:</p>",
                   table(["fusion", "positive AUC", "negative AUC"],
                         [(f, f"{s['positive_auc']:.4f}", f"{s['negative_auc']:.4f}") for f, s in e.faithfulness.items()])]
     parts += [f"<h2>Which fusion is the most faithful? All {len(entries)} pictures</h2>", f"<p>{e_(RULE)}</p>",
