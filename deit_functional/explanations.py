@@ -26,7 +26,7 @@ def run_model(weights, images, category=None):
     return logits.detach(), [a.detach() for a in attentions], [a.grad for a in attentions]
 
 
-def _run(weights, images, method, category):
+def run_method(weights, images, method, category):
     """run_model for ``method``: with the gradient of ``category`` exactly when the method uses it."""
     uses_gradient = method_named(method).uses_gradient
     if uses_gradient and category is None:
@@ -46,7 +46,7 @@ def explain(weights, images, method="attention", *, category=None, head_fusions=
     which explain the class ``category`` (an int, or one per image as a (B,) tensor). One model
     run serves every fusion.
     """
-    logits, attentions, gradients = _run(weights, images, method, category)
+    logits, attentions, gradients = run_method(weights, images, method, category)
     with torch.no_grad():
         maps = {f: method_map(method, attentions, gradients, f, discard_ratio) for f in head_fusions}
     return logits, maps
@@ -60,10 +60,16 @@ def explain_by_layer(weights, images, method="attention", *, category=None, head
     ``explain``'s map); the second each layer's own CLS attention, heads fused -- what the layer
     itself looks at, before discard or gradient weighting.
     """
-    logits, attentions, gradients = _run(weights, images, method, category)
+    logits, attentions, gradients = run_method(weights, images, method, category)
+    return (logits, *maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio))
+
+
+def maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio):
+    """explain_by_layer's maps from run_method's attentions and gradients -> ({fusion: (L, B, G,
+    G)}, {fusion: (L, B, G, G)}): the method's map through layers 1..l, each layer's own."""
     m = method_named(method)
     with torch.no_grad():
         through = {f: by_layer(m.combine, layer_maps(method, attentions, gradients, f, discard_ratio), m.renormalise)
                    for f in head_fusions}
         own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in attentions]) for f in head_fusions}
-    return logits, through, own
+    return through, own

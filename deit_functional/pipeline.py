@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from .evaluate import perturbation_test
-from .explanations import explain, explain_by_layer
+from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
-from .model import DEFAULT_MODEL, forward
+from .model import DEFAULT_MODEL
 from .outputs import Names, PictureResult, file_endings, file_tag, write
 from .report import entry as report_entry, write_report
 
@@ -57,18 +57,18 @@ class Job:
 
 
 def explain_batch(weights, batch, job, device):
-    """[(path, (H, W, 3) uint8 picture)] -> [PictureResult]: one model run through explain(),
-    and the perturbation test where asked. Results hold numpy arrays, for the writer threads."""
+    """[(path, (H, W, 3) uint8 picture)] -> [PictureResult]: one model run, through explain() or
+    explain_by_layer's two steps, and the perturbation test where asked. Results hold numpy
+    arrays, for the writer threads."""
     inputs = torch.stack([to_input(picture) for _, picture in batch]).to(device)
-    how = dict(category=job.category, head_fusions=job.head_fusions, discard_ratio=job.discard_ratio)
-    if job.per_layer or job.html:
-        logits, by_layer, own = explain_by_layer(weights, inputs, job.method, **how)
+    if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
+        logits, attentions, gradients = run_method(weights, inputs, job.method, job.category)
+        by_layer, own = maps_by_layer(job.method, attentions, gradients, job.head_fusions, job.discard_ratio)
         maps = {f: m[-1] for f, m in by_layer.items()}  # the rollout through all L layers
+        attentions = torch.stack(attentions, dim=1).cpu().numpy() if job.html else None  # (B, L, H, N, N)
     else:
-        logits, maps = explain(weights, inputs, job.method, **how)
-    if job.html:  # the page shows every layer's attention, as forward() gives it
-        with torch.no_grad():
-            attentions = torch.stack(forward(weights, inputs)[1], dim=1).cpu().numpy()  # (B, L, H, N, N)
+        logits, maps = explain(weights, inputs, job.method, category=job.category, head_fusions=job.head_fusions,
+                               discard_ratio=job.discard_ratio)
     probabilities = logits.softmax(dim=-1).cpu().numpy()
     results = []
     for row, (path, picture) in enumerate(batch):
