@@ -36,12 +36,16 @@ def decoded(b64, dtype=np.uint8):
 def peaked_checkpoint(tmp_path_factory):
     """Seeded random weights whose queries and keys are scaled up, so that attention is peaked and
     differs between heads and tokens: a value read for the wrong head, token or patch shows."""
-    state = random_timm_model().state_dict()
+    path = tmp_path_factory.mktemp("peaked") / "peaked.pth"
+    torch.save(peaked(random_timm_model().state_dict()), path)
+    return path
+
+
+def peaked(state):
+    """A timm state dict with every block's qkv weight (queries, keys and values) six times larger."""
     for block in range(L):
         state[f"blocks.{block}.attn.qkv.weight"] = state[f"blocks.{block}.attn.qkv.weight"] * 6
-    path = tmp_path_factory.mktemp("peaked") / "peaked.pth"
-    torch.save(state, path)
-    return path
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -242,10 +246,7 @@ def test_a_larger_deits_page_shows_all_its_heads_with_their_values(browser, phot
     """DeiT-small (--model): 6 head panels and the fused one, three to a row, each reading its
     own head's attention."""
     name = "deit_small_patch16_224"
-    state = random_timm_model(name=name).state_dict()
-    for block in range(L):
-        state[f"blocks.{block}.attn.qkv.weight"] = state[f"blocks.{block}.attn.qkv.weight"] * 6
-    torch.save(state, tmp_path / "small.pth")
+    torch.save(peaked(random_timm_model(name=name).state_dict()), tmp_path / "small.pth")
     result = run(ATTENTION, "--image", photo, "--weights", tmp_path / "small.pth", "--model", name, "--html",
                  "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
