@@ -57,8 +57,8 @@ def explain_by_layer(weights, images, method="attention", *, category=None, head
     """As ``explain``, layer by layer -> ``(logits, {fusion: (L, B, G, G)}, {fusion: (L, B, G, G)})``.
 
     The first dict holds the method's map through layers 1..l for each l (its last entry is
-    ``explain``'s map); the second each layer's own CLS attention, heads fused -- what the layer
-    itself looks at, before discard or gradient weighting.
+    ``explain``'s map, up to float rounding); the second each layer's own CLS attention, heads
+    fused -- what the layer itself looks at, before discard or gradient weighting.
     """
     logits, attentions, gradients = run_method(weights, images, method, category)
     return (logits, *maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio))

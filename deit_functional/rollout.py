@@ -40,7 +40,8 @@ import torch
 from einops import rearrange
 
 from . import max_flow
-from .fast_forms import cls_row_of_product, keep_above_kth_smallest, mean_over_heads
+from .fast_forms import (attention_rollout_cls_row, cls_row_of_product, keep_above_kth_smallest, mean_over_heads,
+                         numpy_takes)
 
 HEAD_FUSIONS = ("mean", "min", "max")
 
@@ -61,11 +62,15 @@ def discard_lowest(fused, discard_ratio):
     outside column 0 set to 0 -- with k that many, every entry up to the image's k-th smallest,
     ties at the threshold too; column 0 (attention to CLS) kept whole. A new tensor, or the
     input itself when nothing is to go."""
+    k = discard_count(fused.shape[-1], discard_ratio)
+    return fused if k == 0 else keep_above_kth_smallest(fused, k)
+
+
+def discard_count(N, discard_ratio):
+    """How many of an image's N * (N - 1) entries outside column 0 the ratio discards."""
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-    B, N, _ = fused.shape
-    k = int(N * (N - 1) * discard_ratio)
-    return fused if k == 0 else keep_above_kth_smallest(fused, k)
+    return int(N * (N - 1) * discard_ratio)
 
 
 def attention_layer(attention, gradient, head_fusion):
@@ -191,6 +196,10 @@ def by_layer(combine, layers, renormalise=True):
 def method_map(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
     m = method_named(method)
+    if method == "attention" and head_fusion in HEAD_FUSIONS and numpy_takes(attentions[0]):
+        # The same map as below, fused, discarded and rolled out image by image (fast_forms).
+        k = discard_count(attentions[0].shape[-1], discard_ratio)
+        return to_grid(attention_rollout_cls_row(attentions, head_fusion, k))
     return m.combine(layer_maps(method, attentions, gradients, head_fusion, discard_ratio), m.renormalise)
 
 

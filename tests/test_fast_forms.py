@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deit_functional.fast_forms import (bilinear_resize, cls_row_of_product, keep_above_kth_smallest,
-                                        mean_over_heads)
+from deit_functional.fast_forms import (_fuse_heads, attention_rollout_cls_row, bilinear_resize, cls_row_of_product,
+                                        keep_above_kth_smallest, mean_over_heads)
 from deit_functional.model import H, N
+from deit_functional.rollout import HEAD_FUSIONS, fuse_heads
 
 B = 3
 
@@ -87,6 +88,43 @@ def test_cls_row_of_product_is_row_0_of_the_matrix_product(renormalise, depth):
     expected = plain_cls_row(layers, renormalise)
     np.testing.assert_allclose(cls_row_of_product(layers, renormalise).numpy(), expected.numpy(),
                                rtol=1e-12, atol=0)
+
+
+def tied_attention_maps(seed, batch, dtype):
+    """12 layers of attention maps, every third one's heads quantised to a few levels, so that
+    long runs of equal values meet any threshold."""
+    g = torch.Generator().manual_seed(seed)
+    maps = [(torch.randn(batch, H, N, N, generator=g) * 3).softmax(-1).to(dtype) for _ in range(12)]
+    return [(m * 2000).round() / 2000 if layer % 3 == 1 else m for layer, m in enumerate(maps)]
+
+
+@pytest.mark.parametrize("seed", range(9))
+def test_attention_rollout_cls_row_is_its_plain_form_ties_included(seed):
+    batch, threads, fusion = [1, 5, 9][seed % 3], [1, 2, 3][seed // 3], HEAD_FUSIONS[seed % 3]
+    dtype = torch.float64 if seed == 4 else torch.float32
+    maps = tied_attention_maps(seed, batch, dtype)
+    n = N * (N - 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)  # the images are shared among torch's threads
+        for k in (0, 1, int(n * 0.5), int(n * 0.9), n):
+            plain = cls_row_of_product([plain_keep_above_kth_smallest(fuse_heads(m, fusion), k) if k
+                                        else fuse_heads(m, fusion) for m in maps])
+            fast = attention_rollout_cls_row(maps, fusion, k)
+            assert fast.dtype == dtype and fast.shape == (batch, N)
+            # one entry of 1/2000 kept or dropped at a tie moves the row by ~1e-4 of itself
+            np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-5, atol=1e-9, err_msg=str(k))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fusion", HEAD_FUSIONS)
+def test_the_numpy_head_fusion_is_bitwise_fuse_heads(fusion):
+    maps = tied_attention_maps(seed=3, batch=4, dtype=torch.float32)[0]
+    for m in (maps, maps[:, :1], maps[:, :2]):  # one and two heads too
+        out = np.empty((4, N, N), dtype=np.float32)
+        _fuse_heads(m.numpy(), fusion, out)
+        assert torch.equal(torch.from_numpy(out), fuse_heads(m, fusion))
 
 
 @pytest.mark.parametrize("size", [(280, 420), (300, 451), (16, 16), (7, 300), (14, 14), (1000, 3)])
