@@ -1,6 +1,6 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
-    python bench/benchmark.py            # batch 1, 32 and 64, attention flow, whole processes (~10 min)
+    python bench/benchmark.py            # batch 1, 32 and 64, attention flow, whole processes (10-15 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
 Every row runs on the same seeded random weights, in the same memory (sharing_storage), and

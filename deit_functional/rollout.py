@@ -197,7 +197,7 @@ def method_map(method, attentions, gradients=None, head_fusion="mean", discard_r
     """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
     m = method_named(method)
     if method == "attention" and head_fusion in HEAD_FUSIONS and numpy_takes(attentions[0]):
-        # The same map as below, fused, discarded and rolled out image by image (fast_forms).
+        # The same map as below, fused, discarded and rolled out a few images at a time (fast_forms).
         k = discard_count(attentions[0].shape[-1], discard_ratio)
         return to_grid(attention_rollout_cls_row(attentions, head_fusion, k))
     return m.combine(layer_maps(method, attentions, gradients, head_fusion, discard_ratio), m.renormalise)
