@@ -3,9 +3,9 @@
     python bench/benchmark.py            # batch 1, 32 and 64, attention flow, whole processes (10-15 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
-Every row runs on the same seeded random weights, in the same memory (sharing_storage), and
-inputs. The rows take turns (interleaved repeats, each in a new order: time_rounds), so drift
-on a noisy machine hits them alike, and each ratio is taken repeat by repeat
+Every row runs on the same seeded random weights (in the same memory: sharing_storage) and
+the same inputs. The rows take turns (interleaved repeats, each in a new order: time_rounds),
+so drift on a noisy machine hits them alike, and each ratio is taken repeat by repeat
 (a row's time over the reference's time in the same round): the table prints each ratio's
 median with its spread, the smallest and largest of those paired ratios. A bad stretch of the
 machine shows as a wide spread; a table in which a ratio spreads over more than WIDE of its
@@ -59,9 +59,9 @@ def timm_forward(model, fused):
 def sharing_storage(weights, model):
     """``weights`` with each tensor replaced by the same-named one of ``model``'s state dict: the
     same numbers in the same memory. With copies, at batch 1 -- where each picture reads all
-    23 MB of weights -- our rows ran with weights colder in cache than timm's rows, which run
-    one after another on the model's: attention rollout measured 1.23x timm's unfused forward
-    among all the rows and 0.99x when the two took turns alone."""
+    23 MB of weights -- our rows found their weights colder in cache than timm's rows found the
+    model's: attention rollout measured 1.23x timm's unfused forward with copies and 1.14x
+    sharing (rows in a fixed order; 0.99x with only the two rows taking turns)."""
     state = model.state_dict()
 
     def shared(node, name):
@@ -103,15 +103,15 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_rounds(functions, x, device, repeats, seed=0):
+def time_rounds(functions, x, device, repeats):
     """{row: [seconds per repeat]}, the rows interleaved: one round of ``repeats``, each repeat
-    in a new order. A row leaves the caches full of its own data (weights, maps), which at batch
-    1 cost the next row up to ~15%: in a fixed order, one row would always pay for the same
-    predecessor, as our attention rollout did after the hook-based one."""
+    in a new random order. A row leaves the caches full of its own data (weights, maps), which
+    at batch 1 cost the next row ~10%: in a fixed order, one row would always pay for the same
+    predecessor, as our attention rollout did after the hook-based one (1.14 -> 1.03x timm's
+    unfused forward)."""
     times = {name: [] for name in functions}
-    order = random.Random(seed)
     for _ in range(repeats):
-        for name in order.sample(list(functions), len(functions)):
+        for name in random.sample(list(functions), len(functions)):
             fn = functions[name]
             sync(device)
             start = time.perf_counter()
@@ -172,7 +172,7 @@ def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS):
     paired = lambda name, reference: [t / r for t, r in zip(times[name], times[reference])]
     while rounds <= more_rounds and any(is_wide(paired(name, reference)) for name in functions
                                         for reference in REFERENCES if name != reference):
-        more = time_rounds(functions, x, device, repeats, seed=rounds)
+        more = time_rounds(functions, x, device, repeats)
         times = {name: times[name] + more[name] for name in functions}
         rounds += 1
     lines = [f"\n{device.type}, batch {batch} ({rounds} × {repeats} interleaved repeats; ratios: median "

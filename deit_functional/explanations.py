@@ -57,8 +57,8 @@ def explain_by_layer(weights, images, method="attention", *, category=None, head
     """As ``explain``, layer by layer -> ``(logits, {fusion: (L, B, G, G)}, {fusion: (L, B, G, G)})``.
 
     The first dict holds the method's map through layers 1..l for each l (its last entry is
-    ``explain``'s map, up to float rounding); the second each layer's own CLS attention, heads
-    fused -- what the layer itself looks at, before discard or gradient weighting.
+    ``explain``'s map); the second each layer's own CLS attention, heads fused -- what the layer
+    itself looks at, before discard or gradient weighting.
     """
     logits, attentions, gradients = run_method(weights, images, method, category)
     return (logits, *maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio))
@@ -66,10 +66,15 @@ def explain_by_layer(weights, images, method="attention", *, category=None, head
 
 def maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio):
     """explain_by_layer's maps from run_method's attentions and gradients -> ({fusion: (L, B, G,
-    G)}, {fusion: (L, B, G, G)}): the method's map through layers 1..l, each layer's own."""
+    G)}, {fusion: (L, B, G, G)}): the method's map through layers 1..l, each layer's own.
+
+    The map through all L layers is method_map's, so explain()'s to the bit, where a fast form
+    may make it (Attention Rollout on the CPU); the others come from by_layer."""
     m = method_named(method)
     with torch.no_grad():
-        through = {f: by_layer(m.combine, layer_maps(method, attentions, gradients, f, discard_ratio), m.renormalise)
-                   for f in head_fusions}
+        through = {}
+        for f in head_fusions:
+            earlier = by_layer(m.combine, layer_maps(method, attentions, gradients, f, discard_ratio)[:-1], m.renormalise)
+            through[f] = torch.cat([earlier, method_map(method, attentions, gradients, f, discard_ratio)[None]])
         own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in attentions]) for f in head_fusions}
     return through, own

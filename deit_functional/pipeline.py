@@ -33,7 +33,6 @@ import torch
 
 from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
-from .rollout import method_map
 from .images import ImageError, read_picture, to_input
 from .model import DEFAULT_MODEL
 from .outputs import Names, PictureResult, file_endings, file_tag, write
@@ -65,8 +64,7 @@ def explain_batch(weights, batch, job, device):
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
         logits, attentions, gradients = run_method(weights, inputs, job.method, job.category)
         by_layer, own = maps_by_layer(job.method, attentions, gradients, job.head_fusions, job.discard_ratio)
-        with torch.no_grad():  # explain()'s maps, to the bit
-            maps = {f: method_map(job.method, attentions, gradients, f, job.discard_ratio) for f in job.head_fusions}
+        maps = {f: m[-1] for f, m in by_layer.items()}  # through all L layers: explain()'s map
         attentions = torch.stack(attentions, dim=1).cpu().numpy() if job.html else None  # (B, L, H, N, N)
     else:
         logits, maps = explain(weights, inputs, job.method, category=job.category, head_fusions=job.head_fusions,

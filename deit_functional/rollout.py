@@ -196,7 +196,7 @@ def by_layer(combine, layers, renormalise=True):
 def method_map(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
     m = method_named(method)
-    if method == "attention" and head_fusion in HEAD_FUSIONS and numpy_takes(attentions[0]):
+    if method == "attention" and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions):
         # The same map as below, fused, discarded and rolled out a few images at a time (fast_forms).
         k = discard_count(attentions[0].shape[-1], discard_ratio)
         return to_grid(attention_rollout_cls_row(attentions, head_fusion, k))

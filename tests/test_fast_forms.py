@@ -98,31 +98,53 @@ def tied_attention_maps(seed, batch, dtype):
     return [(m * 2000).round() / 2000 if layer % 3 == 1 else m for layer, m in enumerate(maps)]
 
 
-@pytest.mark.parametrize("seed", range(9))
-def test_attention_rollout_cls_row_is_its_plain_form_ties_included(seed):
-    batch, threads, fusion = [1, 5, 9][seed % 3], [1, 2, 3][seed // 3], HEAD_FUSIONS[seed % 3]
-    dtype = torch.float64 if seed == 4 else torch.float32
-    maps = tied_attention_maps(seed, batch, dtype)
+def plain_attention_rollout_cls_row(maps, fusion, k):
+    return cls_row_of_product([plain_keep_above_kth_smallest(fuse_heads(m, fusion), k) if k else fuse_heads(m, fusion)
+                               for m in maps])
+
+
+@pytest.mark.parametrize("fusion", HEAD_FUSIONS)
+@pytest.mark.parametrize("batch, threads", [(1, 1), (5, 2), (8, 2), (9, 3)])  # one chunk; shares of 4 or not
+def test_attention_rollout_cls_row_is_its_plain_form_ties_included(fusion, batch, threads):
+    # The fused maps and kept entries are bitwise the plain ones through the helpers it shares
+    # with keep_above_kth_smallest (tested above) and the head fusion (tested below); this tests
+    # the chain: the layer order, the chunks and the threads' shares, the row-vector step.
+    maps = tied_attention_maps(seed=batch + threads, batch=batch, dtype=torch.float32)
     n = N * (N - 1)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(threads)  # the images are shared among torch's threads
+        torch.set_num_threads(threads)  # the images are split among as many threads
         for k in (0, 1, int(n * 0.5), int(n * 0.9), n):
-            plain = cls_row_of_product([plain_keep_above_kth_smallest(fuse_heads(m, fusion), k) if k
-                                        else fuse_heads(m, fusion) for m in maps])
             fast = attention_rollout_cls_row(maps, fusion, k)
-            assert fast.dtype == dtype and fast.shape == (batch, N)
-            # one entry of 1/2000 kept or dropped at a tie moves the row by ~1e-4 of itself
-            np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-5, atol=1e-9, err_msg=str(k))
+            assert fast.dtype == torch.float32 and fast.shape == (batch, N)
+            np.testing.assert_allclose(fast.numpy(), plain_attention_rollout_cls_row(maps, fusion, k).numpy(),
+                                       rtol=1e-5, atol=1e-9, err_msg=str(k))
     finally:
         torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("fusion", HEAD_FUSIONS)
-def test_the_numpy_head_fusion_is_bitwise_fuse_heads(fusion):
-    maps = tied_attention_maps(seed=3, batch=4, dtype=torch.float32)[0]
+def test_attention_rollout_cls_row_in_float64_with_six_heads_and_strided_maps(fusion):
+    g = torch.Generator().manual_seed(11)
+    maps = [(torch.randn(N, N, 6, 5, generator=g, dtype=torch.float64) * 3).softmax(0).permute(3, 2, 1, 0)
+            for _ in range(12)]  # (5, 6, N, N), rows summing to 1, not contiguous
+    k = int(N * (N - 1) * 0.9)
+    fast = attention_rollout_cls_row(maps, fusion, k)
+    assert fast.dtype == torch.float64
+    np.testing.assert_allclose(fast.numpy(), plain_attention_rollout_cls_row(maps, fusion, k).numpy(), rtol=1e-12)
+
+
+def test_attention_rollout_cls_row_of_no_images_is_empty():
+    maps = [torch.rand(0, H, N, N) for _ in range(12)]
+    assert attention_rollout_cls_row(maps, "max", int(N * (N - 1) * 0.9)).shape == (0, N)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fusion", HEAD_FUSIONS)
+def test_the_numpy_head_fusion_is_bitwise_fuse_heads(fusion, dtype):
+    maps = tied_attention_maps(seed=3, batch=4, dtype=dtype)[0]
     for m in (maps, maps[:, :1], maps[:, :2]):  # one and two heads too
-        out = np.empty((4, N, N), dtype=np.float32)
+        out = np.empty((4, N, N), dtype=m.numpy().dtype)
         _fuse_heads(m.numpy(), fusion, out)
         assert torch.equal(torch.from_numpy(out), fuse_heads(m, fusion))
 
