@@ -74,7 +74,9 @@ def maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio):
     with torch.no_grad():
         through = {}
         for f in head_fusions:
-            earlier = by_layer(m.combine, layer_maps(method, attentions, gradients, f, discard_ratio)[:-1], m.renormalise)
-            through[f] = torch.cat([earlier, method_map(method, attentions, gradients, f, discard_ratio)[None]])
+            layers = layer_maps(method, attentions, gradients, f, discard_ratio)
+            earlier = by_layer(m.combine, layers[:-1], m.renormalise)  # through layers 1..l, l < L
+            whole = method_map(method, attentions, gradients, f, discard_ratio)
+            through[f] = torch.cat([earlier, whole[None]])
         own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in attentions]) for f in head_fusions}
     return through, own

@@ -81,8 +81,9 @@ def attention_rollout_cls_row(maps, head_fusion, k):
     images at a time go through all of it, top layer first (v <- v Ã_l as in
     cls_row_of_product), layer by layer in buffers that stay in the core's cache: the maps are
     read from memory once. The images are split among as many threads as torch uses
-    (``torch.get_num_threads()``), as numpy lets go of the GIL while it works. Per picture, after the forward (max fusion, discard 0.9), on the Intel
-    build machine: 2.7 -> 1.5 ms at batch 32 (2.4 ms on one thread), 5.0 -> 2.8 ms at batch 1.
+    (``torch.get_num_threads()``), as numpy lets go of the GIL while it works. Per picture,
+    after the forward (max fusion, discard 0.9), on the Intel build machine: 2.7 -> 1.5 ms at
+    batch 32 (2.4 ms on one thread), 5.0 -> 2.8 ms at batch 1.
     """
     layers = [m.contiguous().numpy() for m in maps]
     B, N = layers[0].shape[0], layers[0].shape[-1]
