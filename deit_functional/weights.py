@@ -144,8 +144,9 @@ def _check_config(path, model):
         raise WeightsError(f"{path} describes a model of type {config['model_type']!r}, not 'vit': only the "
                            "non-distilled DeiTs (transformers' ViTForImageClassification) are supported")
     differs = lambda m: [(f, size) for f, size in _config_sizes(m).items() if f in config and config[f] != size]
-    if differs(model):
-        field, size = differs(model)[0]
+    mismatched = differs(model)
+    if mismatched:
+        field, size = mismatched[0]
         raise WeightsError(f"{path} has {field} {config[field]!r}, but {ARCHITECTURES[model].title} has {size}"
                            + _other_model_hint(lambda m: not differs(m), model))
 
