@@ -22,6 +22,21 @@ def test_overlay_is_the_half_blend_of_picture_and_colours():
     assert np.abs(blended - exact).max() <= 2.5  # colours are looked up at 256 levels
 
 
+def test_overlay_is_the_fixed_point_blend_of_the_looked_up_colours():
+    """Bit for bit, for several alphas: ((256 - a) * pixel + a * JET[level] + 128) >> 8, in
+    plain integers, each pixel's colour the JET colour of its float32 mask rounded to 255ths."""
+    rng = np.random.default_rng(1)
+    picture = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    mask = rng.random((23, 31), dtype=np.float32)
+    mask[0, :2] = [0, 1]
+    levels = np.floor(mask * np.float32(255) + np.float32(0.5)).astype(int)
+    for alpha in (0, 0.25, 0.5, 0.7, 1):
+        a = round(alpha * 256)
+        colours = jet(levels / 255).astype(np.int64)
+        expected = ((256 - a) * picture.astype(np.int64) + a * colours + 128) >> 8
+        np.testing.assert_array_equal(overlay(picture, mask, alpha), expected)
+
+
 def test_upsampled_mask_is_pixel_aligned_with_the_whole_picture():
     grid = torch.zeros(14, 14)
     grid[3, 10] = 1  # one hot patch: rows 3/14..4/14, columns 10/14..11/14 of the picture
