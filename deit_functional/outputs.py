@@ -125,7 +125,7 @@ def write(result, endings, names, targets):
 
 
 def savers(result, endings):
-    """-> ({kind: save(path)} for each file of ``endings`` that can be made, notes on the rest):
+    """-> ({kind: save(file)} for each file of ``endings`` that can be made, notes on the rest):
     the drawing is done here, the writing by each save."""
     masks = {f: upsample(g, result.picture.shape[:2]) for f, g in result.maps.items()}
     overlays = {f: overlay(result.picture, m) for f, m in masks.items()}

@@ -113,7 +113,7 @@ def write_report(entries, job):
     staged = {}
     try:
         for suffix, text in texts.items():
-            staged[suffix] = stage(folder, f"report{suffix}", lambda path, t=text: write_text(path, t))
+            staged[suffix] = stage(folder, f"report{suffix}", lambda file, t=text: write_text(file, t))
         for n in range(1, 10_000):
             targets = {suffix: folder / f"report{'' if n == 1 else f'-{n}'}{suffix}" for suffix in texts}
             try:

@@ -22,18 +22,19 @@ import numpy as np
 
 
 def stage(folder, name, save):
-    """Write a new file in ``folder`` through ``save(temporary_path)`` -> its temporary path,
-    named after ``name``. Nothing is left behind if ``save`` fails."""
+    """Write a new file in ``folder`` through ``save(file)``, ``file`` open for writing bytes ->
+    its temporary path, named after ``name``. Nothing is left behind if ``save`` fails."""
     name = Path(name)
     while True:
         temporary = Path(folder) / f".{name.stem}.{secrets.token_hex(4)}{name.suffix}"
         try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             break
         except FileExistsError:  # another writer drew the same name: draw again
             continue
     try:
-        save(temporary)
+        with open(descriptor, "wb") as file:  # written through the descriptor that created it
+            save(file)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -86,7 +87,7 @@ def discard(staged):
 
 
 def write_atomically(path, save):
-    """Write ``path`` whole through ``save(temporary_path)``, replacing what is there (for
+    """Write ``path`` whole through ``save(file)`` (as stage), replacing what is there (for
     regenerated files such as the docs' figures, not for results)."""
     path = Path(path)
     temporary = stage(path.parent, path.name, save)
@@ -116,28 +117,28 @@ def encode_png(picture):
     return b"".join([b"\x89PNG\r\n\x1a\n", *chunk(b"IHDR", header), *chunk(b"IDAT", data), *chunk(b"IEND", b"")])
 
 
-def write_png(path, picture):
-    """(H, W, 3) uint8 picture -> a PNG file at ``path``."""
-    Path(path).write_bytes(encode_png(picture))
+def write_png(file, picture):
+    """(H, W, 3) uint8 picture -> a PNG file, written to the open binary ``file``."""
+    file.write(encode_png(picture))
 
 
-def write_npy(path, array):
-    """An array -> a .npy file at ``path``. Through a buffer: writing to the file itself, numpy
-    reports a full disk as a short write with no error number ("20400 requested and 15328
-    written"), which a run cannot tell from other failures."""
+def write_npy(file, array):
+    """An array -> a .npy file, written to the open binary ``file``. Through a buffer: given the
+    file itself, numpy reports a full disk as a short write with no error number ("20400
+    requested and 15328 written"), which a run cannot tell from other failures."""
     buffer = io.BytesIO()
     np.save(buffer, array)
-    Path(path).write_bytes(buffer.getbuffer())
+    file.write(buffer.getbuffer())
 
 
-def write_text(path, text):
-    Path(path).write_text(text, encoding="utf-8")
+def write_text(file, text):
+    file.write(text.encode("utf-8"))
 
 
-def write_json(path, data):
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+def write_json(file, data):
+    write_text(file, json.dumps(data, indent=2) + "\n")
 
 
-def write_figure(path, figure):
-    """A matplotlib figure -> a PNG file at ``path``, 100 pixels per inch."""
-    figure.savefig(path, format="png", dpi=100)
+def write_figure(file, figure):
+    """A matplotlib figure -> a PNG file, written to the open binary ``file``, 100 pixels per inch."""
+    figure.savefig(file, format="png", dpi=100)

@@ -97,7 +97,7 @@ def figure_d(weights, x):
     scores = perturbation_test(weights, x, grids, RED_CLASS)
     figure = curves_figure(scores, f"class {RED_CLASS}")  # the plot --evaluate writes
     path = FIGURES / "d_perturbation_test.png"
-    write_atomically(path, lambda p: figure.savefig(p, format="png", dpi=80, metadata={"Software": None}))
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=80, metadata={"Software": None}))
     report(path)
     for name, s in scores.items():
         print(f"  {name:24} positive {np.round(s['positive'], 3).tolist()}  AUC {s['positive_auc']:.4f}")
@@ -147,7 +147,7 @@ def save(name, picture):
     import imageio.v3 as iio
 
     path = FIGURES / name
-    write_atomically(path, lambda p: iio.imwrite(p, picture, extension=".png", compress_level=9))
+    write_atomically(path, lambda file: iio.imwrite(file, picture, extension=".png", compress_level=9))
     report(path)
 
 

@@ -175,8 +175,8 @@ def test_a_full_disk_simulated(tmp_path, planted_checkpoint, monkeypatch, capsys
 
     def stage_until_full(folder, name, save):
         if int(name.split("_")[0]) >= 3:
-            def save(path, save=save):
-                path.write_bytes(b"half a file")
+            def save(file, save=save):
+                file.write(b"half a file")
                 raise OSError(errno.ENOSPC, "No space left on device")
         return stage(folder, name, save)
 

@@ -13,8 +13,8 @@ from deit_functional.writing import (discard, encode_png, publish, stage, write_
 
 
 def test_a_failed_save_leaves_no_file_behind(tmp_path):
-    def fails(path):
-        path.write_bytes(b"half")
+    def fails(file):
+        file.write(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
@@ -25,8 +25,8 @@ def test_a_failed_save_leaves_no_file_behind(tmp_path):
 
 
 def staged_pair(folder):
-    return {"overlay": stage(folder, "a.png", lambda p: p.write_bytes(b"picture")),
-            "mask": stage(folder, "a_mask.npy", lambda p: p.write_bytes(b"mask"))}
+    return {"overlay": stage(folder, "a.png", lambda file: file.write(b"picture")),
+            "mask": stage(folder, "a_mask.npy", lambda file: file.write(b"mask"))}
 
 
 def test_published_files_appear_under_their_names_whole(tmp_path):
@@ -65,12 +65,12 @@ def restore_umask():
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_written_files_get_the_mode_the_umask_gives_new_files(tmp_path, restore_umask, mask):
     os.umask(mask)
-    staged = {"npy": stage(tmp_path, "m.npy", lambda p: write_npy(p, np.zeros(2))),
-              "png": stage(tmp_path, "o.png", lambda p: write_png(p, np.zeros((2, 2, 3), np.uint8))),
-              "json": stage(tmp_path, "s.json", lambda p: write_json(p, {"a": 1}))}
+    staged = {"npy": stage(tmp_path, "m.npy", lambda file: write_npy(file, np.zeros(2))),
+              "png": stage(tmp_path, "o.png", lambda file: write_png(file, np.zeros((2, 2, 3), np.uint8))),
+              "json": stage(tmp_path, "s.json", lambda file: write_json(file, {"a": 1}))}
     publish(staged, {kind: tmp_path / f"result.{kind}" for kind in staged})
     discard(staged)
-    write_atomically(tmp_path / "figure.png", lambda p: p.write_bytes(b"figure"))
+    write_atomically(tmp_path / "figure.png", lambda file: file.write(b"figure"))
     (tmp_path / "plain.txt").write_text("made the usual way")
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["result.npy", "result.png", "result.json", "figure.png", "plain.txt"],
@@ -80,8 +80,8 @@ def test_written_files_get_the_mode_the_umask_gives_new_files(tmp_path, restore_
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a device that is always full")
 def test_a_full_disk_is_reported_as_one_when_writing_a_mask():
     """numpy writing to a file itself says only '... requested and 0 written', with no errno."""
-    with pytest.raises(OSError) as caught:
-        write_npy(Path("/dev/full"), np.zeros((400, 600), np.float32))
+    with pytest.raises(OSError) as caught, open("/dev/full", "wb") as file:
+        write_npy(file, np.zeros((400, 600), np.float32))
     assert caught.value.errno == errno.ENOSPC
 
 
