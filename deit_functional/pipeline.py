@@ -11,6 +11,10 @@ Why it is built this way (each point measured; bench/README.md):
   so the model's threads fell asleep at every barrier and it ran 4% slower. So results reach
   the writers as numpy arrays, and the workers use numpy alone (decoding, upsampling,
   colouring, PNG writing); only --per-layer's figure still resizes its thumbnails with torch.
+* The main thread makes each picture's model input as its decoding ends, while the workers
+  still decode and write, with torch on one thread: its other OpenMP thread would spin on a
+  core the workers need. Made just before the model, the inputs kept one core waiting on the
+  other (together ~5% of a folder run's time; bench/README.md).
 * glibc is asked to keep freed memory for reuse: otherwise every batch faults its buffers in
   afresh, ~10% of a folder run.
 * Output names are claimed in the main thread, in picture order, before a write starts. A
@@ -26,6 +30,7 @@ import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +62,10 @@ class Job:
 
 
 def explain_batch(weights, batch, job, device):
-    """[(path, (H, W, 3) uint8 picture)] -> [PictureResult]: one model run, through explain() or
-    explain_by_layer's two steps, and the perturbation test where asked. Results hold numpy
-    arrays, for the writer threads."""
-    inputs = torch.stack([to_input(picture) for _, picture in batch]).to(device)
+    """[(path, (H, W, 3) uint8 picture, (3, 224, 224) its to_input)] -> [PictureResult]: one model
+    run, through explain() or explain_by_layer's two steps, and the perturbation test where
+    asked. Results hold numpy arrays, for the writer threads."""
+    inputs = torch.stack([input for _, _, input in batch]).to(device)
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
         logits, attentions, gradients = run_method(weights, inputs, job.method, job.category)
         by_layer, own = maps_by_layer(job.method, attentions, gradients, job.head_fusions, job.discard_ratio)
@@ -71,7 +76,7 @@ def explain_batch(weights, batch, job, device):
                                discard_ratio=job.discard_ratio)
     probabilities = logits.softmax(dim=-1).cpu().numpy()
     results = []
-    for row, (path, picture) in enumerate(batch):
+    for row, (path, picture, _) in enumerate(batch):
         grids = {f: m[row] for f, m in maps.items()}
         category = job.category if job.category is not None else int(probabilities[row].argmax())
         results.append(PictureResult(
@@ -145,27 +150,30 @@ def run(paths, weights, job, device):
         decode = lambda batch: [decoders.submit(_read, path) for path in batch]
         decoding, writes = decode(batches[0]), []
         for batch, following in zip(batches, batches[1:] + [[]]):
-            decoded = [future.result() for future in decoding]
+            with torch_threads(1):  # the workers have the cores (module docstring)
+                decoded = [_with_input(future.result()) for future in decoding]
+            while writes and not overlap_model:  # on the CPU, the model waits for every write
+                collect(writes.pop(0))
             if disk_full.is_set():
                 break
             if overlap_model:
                 decoding = decode(following)
             good = []
-            for path, picture in zip(batch, decoded):
-                if not isinstance(picture, ImageError):
-                    good.append((path, picture))
+            for path, made in zip(batch, decoded):
+                if not isinstance(made, ImageError):
+                    good.append((path, *made))
                 elif len(paths) == 1:
-                    raise picture
+                    raise made
                 else:
                     failures += 1
-                    bar.write(f"skipped {picture}", file=sys.stderr)
+                    bar.write(f"skipped {made}", file=sys.stderr)
             for result in explain_batch(weights, good, job, device) if good else []:
                 endings = file_endings(result, job.save_grid, job.per_layer)
                 targets = names.claim(result.path, endings)  # here, so names follow picture order
                 writes.append(writers.submit(write_unless_full, result, endings, targets))
             if not overlap_model:
                 decoding = decode(following)
-            while writes and (writes[0].done() or not overlap_model):  # print in picture order
+            while writes and writes[0].done():  # print in picture order
                 collect(writes.pop(0))
             bar.update(len(batch))
         for future in writes:
@@ -192,6 +200,22 @@ def _read(path):
         return read_picture(path)
     except ImageError as error:
         return error
+
+
+def _with_input(picture):
+    """A decoded picture -> (picture, its model input); an ImageError as it is."""
+    return picture if isinstance(picture, ImageError) else (picture, to_input(picture))
+
+
+@contextmanager
+def torch_threads(count):
+    """torch's intra-op threads (the main thread's) set to ``count`` for the block, then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def keep_freed_memory():

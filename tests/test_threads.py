@@ -48,7 +48,24 @@ def test_results_reach_the_writers_as_numpy_arrays(weights, tmp_path):
     picture = read_picture(PHOTO)
     job = Job(method="gradient", category=87, head_fusions=("mean", "max"), discard_ratio=0.9,
               output_dir=tmp_path, per_layer=True, evaluate=True)
-    (result,) = explain_batch(weights, [(PHOTO, picture)], job, torch.device("cpu"))
+    (result,) = explain_batch(weights, [(PHOTO, picture, to_input(picture))], job, torch.device("cpu"))
     arrays = [result.probabilities, *result.maps.values(), *(a for pair in result.layers.values() for a in pair)]
     assert len(arrays) == 1 + 2 + 4 and all(type(a) is np.ndarray for a in arrays)
     assert result.category == 87 and set(result.faithfulness) == {"mean", "max"}
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs single-threaded here")
+def test_inputs_are_made_on_one_torch_thread_and_the_model_runs_on_all(weights, tmp_path, monkeypatch):
+    """The main thread makes each input while the workers decode and write, on one torch thread
+    (pipeline.py); the model must still get every thread, and the count is the same after."""
+    from deit_functional import pipeline
+    threads, seen = torch.get_num_threads(), {"input": set(), "model": set()}
+    to_input, explain_batch = pipeline.to_input, pipeline.explain_batch
+    monkeypatch.setattr(pipeline, "to_input", lambda p: seen["input"].add(torch.get_num_threads()) or to_input(p))
+    monkeypatch.setattr(pipeline, "explain_batch",
+                        lambda *a: seen["model"].add(torch.get_num_threads()) or explain_batch(*a))
+    job = pipeline.Job(method="attention", category=None, head_fusions=("mean",), discard_ratio=0.9,
+                       output_dir=tmp_path, batch_size=2)
+    assert pipeline.run([PHOTO] * 5, weights, job, torch.device("cpu")) == 0
+    assert seen == {"input": {1}, "model": {threads}} and torch.get_num_threads() == threads
+    assert len(list(tmp_path.glob("coffee_*.png"))) == 5
