@@ -33,6 +33,8 @@ file names and the docs all read it. The fast forms of the formulas live in fast
 
 Shapes: B batch, H heads, N tokens (CLS first), G patch grid side, L layers (model.py).
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -138,6 +140,9 @@ class Method:
     title: str
     description: str          # how it works, in one line, for --help
     check_available: Callable = no_check  # raises ImportError naming what to install
+    # the same CLS row of the product in one pass, where numpy takes the maps (fast_forms):
+    # (attentions, head_fusion, entries to discard per image) -> (B, N)
+    fast_cls_row: Callable | None = None
 
 
 METHODS = {
@@ -145,7 +150,8 @@ METHODS = {
         attention_layer, rollout, renormalise=True, uses_gradient=False, option="rollout",
         file_name="attention-rollout", cli_discard_ratio=0.9, title="Attention Rollout",
         description="each layer's attention, heads fused, rows renormalised, multiplied through "
-                    "the layers (Abnar & Zuidema 2020)"),
+                    "the layers (Abnar & Zuidema 2020)",
+        fast_cls_row=attention_rollout_cls_row),
     "gradient": Method(
         gradient_layer, rollout, renormalise=True, uses_gradient=True, option="rollout",
         file_name="gradient-rollout", cli_discard_ratio=0.9, title="Gradient Rollout",
@@ -196,10 +202,10 @@ def by_layer(combine, layers, renormalise=True):
 def method_map(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
     m = method_named(method)
-    if method == "attention" and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions):
-        # The same map as below, fused, discarded and rolled out a few images at a time (fast_forms).
+    if m.fast_cls_row and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions):
+        # The same map as below, fused, discarded and rolled out a few images at a time.
         k = discard_count(attentions[0].shape[-1], discard_ratio)
-        return to_grid(attention_rollout_cls_row(attentions, head_fusion, k))
+        return to_grid(m.fast_cls_row(attentions, head_fusion, k))
     return m.combine(layer_maps(method, attentions, gradients, head_fusion, discard_ratio), m.renormalise)
 
 
