@@ -13,8 +13,8 @@ Why it is built this way (each point measured; bench/README.md):
   colouring, PNG writing); only --per-layer's figure still resizes its thumbnails with torch.
 * The main thread makes each picture's model input as its decoding ends, while the workers
   still decode and write, with torch on one thread: its other OpenMP thread would spin on a
-  core the workers need. Made just before the model, the inputs kept one core waiting on the
-  other (together ~5% of a folder run's time; bench/README.md).
+  core the workers need (with two threads the run was slower than before). Made just before
+  the model, the inputs took ~0.6 ms per picture, with the other core idle.
 * glibc is asked to keep freed memory for reuse: otherwise every batch faults its buffers in
   afresh, ~10% of a folder run.
 * Output names are claimed in the main thread, in picture order, before a write starts. A
