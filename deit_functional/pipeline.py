@@ -65,7 +65,7 @@ def explain_batch(weights, batch, job, device):
     """[(path, (H, W, 3) uint8 picture, (3, 224, 224) its to_input)] -> [PictureResult]: one model
     run, through explain() or explain_by_layer's two steps, and the perturbation test where
     asked. Results hold numpy arrays, for the writer threads."""
-    inputs = torch.stack([input for _, _, input in batch]).to(device)
+    inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
         logits, attentions, gradients = run_method(weights, inputs, job.method, job.category)
         by_layer, own = maps_by_layer(job.method, attentions, gradients, job.head_fusions, job.discard_ratio)
