@@ -6,7 +6,8 @@ logit), then the method's rollout for every head fusion asked for. Nothing is tr
 import torch
 
 from .model import forward
-from .rollout import METHODS, by_layer, fuse_heads, layer_maps, method_map, method_named, to_grid
+from .rollout import (METHODS, by_layer, fast_form_serves, fuse_heads, layer_maps, method_map, method_named,
+                      to_grid)
 
 
 def run_model(weights, images, category=None):
@@ -68,15 +69,17 @@ def maps_by_layer(method, attentions, gradients, head_fusions, discard_ratio):
     """explain_by_layer's maps from run_method's attentions and gradients -> ({fusion: (L, B, G,
     G)}, {fusion: (L, B, G, G)}): the method's map through layers 1..l, each layer's own.
 
-    The map through all L layers is method_map's, so explain()'s to the bit, where a fast form
-    may make it (Attention Rollout on the CPU); the others come from by_layer."""
+    The map through all L layers is explain()'s to the bit: method_map's fast form where one
+    serves (Attention Rollout on the CPU), else the method's combine of the same layer maps, as
+    method_map would make it; the others come from by_layer."""
     m = method_named(method)
     with torch.no_grad():
         through = {}
         for f in head_fusions:
             layers = layer_maps(method, attentions, gradients, f, discard_ratio)
             earlier = by_layer(m.combine, layers[:-1], m.renormalise)  # through layers 1..l, l < L
-            whole = method_map(method, attentions, gradients, f, discard_ratio)
+            whole = (method_map(method, attentions, gradients, f, discard_ratio) if fast_form_serves(m, attentions, f)
+                     else m.combine(layers, m.renormalise))
             through[f] = torch.cat([earlier, whole[None]])
         own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in attentions]) for f in head_fusions}
     return through, own

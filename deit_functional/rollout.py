@@ -202,11 +202,17 @@ def by_layer(combine, layers, renormalise=True):
 def method_map(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
     m = method_named(method)
-    if m.fast_cls_row and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions):
+    if fast_form_serves(m, attentions, head_fusion):
         # The same map as below, fused, discarded and rolled out a few images at a time.
         k = discard_count(attentions[0].shape[-1], discard_ratio)
         return to_grid(m.fast_cls_row(attentions, head_fusion, k))
     return m.combine(layer_maps(method, attentions, gradients, head_fusion, discard_ratio), m.renormalise)
+
+
+def fast_form_serves(m, attentions, head_fusion):
+    """Whether Method ``m``'s fast_cls_row makes its map of these L maps: it has one, the fusion
+    is one it knows, and numpy takes every map (fast_forms.numpy_takes)."""
+    return m.fast_cls_row is not None and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions)
 
 
 def attention_rollout(attentions, head_fusion="mean", discard_ratio=0.0):
