@@ -5,12 +5,14 @@ Every argument is checked before any work starts, and bad input ends the run wit
 line, one error line on stderr and exit status 2, before anything is written.
 """
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from .console import Printout, names_printable
 from .images import ImageError
 from .model import ARCHITECTURES, C, DEFAULT_MODEL
 from .outputs import looks_like_a_result
@@ -18,7 +20,7 @@ from .pipeline import DiskFull, Job, run
 from .rollout import HEAD_FUSIONS, METHODS
 from .weights import WeightsError, load_weights
 
-PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif"}
 
 
 class UsageError(Exception):
@@ -39,6 +41,13 @@ def bounded(kind, low, high, meaning):
     return parse
 
 
+def path(text):
+    """An argparse type: a Path, refused when empty -- Path("") would be the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file or folder")
+    return Path(text)
+
+
 category_index = bounded(int, 0, C, f"not an ImageNet class index (0..{C - 1})")
 discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
 positive_int = bounded(int, 1, float("inf"), "not a positive integer")
@@ -57,10 +66,11 @@ def parser_for(methods):
                     "overlay PNG at the picture's size (red = most relevant) and the raw mask as "
                     ".npy (float32, the picture's height x width, values in [0, 1]), then prints "
                     "the top-5 classes and every file written.",
-        epilog="Exit status: 0 done; 1 some pictures of several failed (each reported), or the disk "
-               "filled up (the run stops; every picture written is whole); 2 bad input or no "
-               "weights, nothing written.")
-    p.add_argument("--image", nargs="+", required=True, metavar="PATH",
+        epilog="Exit status: 0 done; 1 some pictures failed (each reported, e.g. unreadable among several), "
+               "the disk filled up (the run stops; every picture written is whole), or standard output "
+               "could not be written (a closed pipe is no failure: the run goes on, silent); 2 bad input "
+               "or no weights, nothing written.")
+    p.add_argument("--image", nargs="+", required=True, type=path, metavar="PATH",
                    help="picture file(s) or folder(s) of pictures "
                         f"({', '.join(sorted(s[1:] for s in PICTURE_SUFFIXES))})")
     if default.uses_gradient:
@@ -78,7 +88,7 @@ def parser_for(methods):
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
                         "attention to the class token is never discarded (default: "
                         + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")")
-    p.add_argument("--weights", type=Path, metavar="PATH",
+    p.add_argument("--weights", type=path, metavar="PATH",
                    help="local checkpoint: a .pth, .bin or .safetensors file in timm's or Hugging Face "
                         "transformers' naming, or the folder transformers' save_pretrained writes "
                         "(e.g. facebook/deit-tiny-patch16-224's); default: the pretrained weights from "
@@ -86,7 +96,7 @@ def parser_for(methods):
     p.add_argument("--model", choices=list(ARCHITECTURES), default=DEFAULT_MODEL, metavar="NAME",
                    help="which DeiT to explain, by timm's name: " + ", ".join(ARCHITECTURES) + " (with "
                         "3, 6 and 12 heads per layer; default: %(default)s, the homework's)")
-    p.add_argument("--output-dir", type=Path, default=Path("results"), metavar="DIR",
+    p.add_argument("--output-dir", type=path, default=Path("results"), metavar="DIR",
                    help="folder for the results, created if missing; existing files are never "
                         "overwritten (default: ./%(default)s)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
@@ -120,8 +130,7 @@ def collect_pictures(arguments):
     left out). Pictures this tool wrote are never taken: skipped in a folder (with a note),
     refused when named."""
     paths = []
-    for argument in arguments:
-        path = Path(argument)
+    for path in map(Path, arguments):
         if path.is_dir():
             found = sorted(p for p in path.iterdir()
                            if p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith(".") and p.is_file())
@@ -146,7 +155,11 @@ def collect_pictures(arguments):
 
 
 def check_output_dir(folder):
-    """Refuse an output path that is a file or cannot be written, before any work is done."""
+    """Refuse an output path that is a file, leads through a broken symbolic link, or cannot be
+    written, before any work is done."""
+    dangling = next((p for p in [folder, *folder.parents] if p.is_symlink() and not p.exists()), None)
+    if dangling:
+        raise UsageError(f"{dangling}: output path is a symbolic link to {os.readlink(dangling)}, which does not exist")
     existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise UsageError(f"{existing}: output path is not a folder")
@@ -157,18 +170,30 @@ def check_output_dir(folder):
 
 
 def check_device(name):
+    """The torch device ``name``, once a small computation on it has come back right."""
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}") from None
+        raise UsageError(f"unknown device {name!r}; usable here: {', '.join(usable_devices())}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available here")
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; usable here: {', '.join(usable_devices())}")
+    # a device torch names may still hold no data (meta), lack its backend (hpu, xpu, ...) or
+    # not be present (cuda:1 on a one-GPU machine): compute on it and read the answer back
     try:
-        torch.empty(0, device=device)  # e.g. cuda:1 on a one-GPU machine, or mps without Metal
-    except (RuntimeError, AssertionError) as error:
-        reason = str(error).splitlines()[0].split(". ")[0]
-        raise UsageError(f"--device {name} is not usable here ({reason})") from None
+        works = (torch.ones(2, device=device) * 2).sum().item() == 4
+    except Exception as error:
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        raise UsageError(f"--device {name} is not usable here ({reason}); usable here: "
+                         f"{', '.join(usable_devices())}") from None
+    if not works:
+        raise UsageError(f"--device {name} computes wrong results here; usable here: {', '.join(usable_devices())}")
     return device
+
+
+def usable_devices():
+    """The devices this machine can compute on: cpu, each CUDA GPU, Apple's mps."""
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["cpu", *cuda, *(["mps"] if torch.backends.mps.is_available() else [])]
 
 
 def job_from(args, methods):
@@ -186,16 +211,22 @@ def job_from(args, methods):
 
 def main(methods, argv=None):
     """Run a script that offers ``methods`` (keys of METHODS, its default first) -> exit status."""
+    with names_printable():  # file names that are not valid UTF-8 print as they are (console.py)
+        return _main(methods, argv)
+
+
+def _main(methods, argv):
     parser = parser_for(methods)
     args = parser.parse_args(argv)
     job = job_from(args, methods)
+    printout = Printout()
     try:
         METHODS[job.method].check_available()  # e.g. SciPy for flow, before the model loads
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)
         weights = load_weights(args.weights, device=device, model=job.model)
-        failures = run(paths, weights, job, device)  # raises ImageError if the one picture is unreadable
+        failures = run(paths, weights, job, device, printout)  # raises ImageError if the one picture is unreadable
     except (UsageError, WeightsError, ImageError, ImportError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2
     except DiskFull as error:
@@ -206,5 +237,6 @@ def main(methods, argv=None):
         return 130
     if failures:
         print(f"{failures} of {len(paths)} pictures failed", file=sys.stderr)
-        return 1
-    return 0
+    if printout.failure():
+        print(printout.failure(), file=sys.stderr)
+    return 1 if failures or printout.failure() else 0

@@ -3,6 +3,9 @@
 Everything here makes pictures as (H, W, 3) uint8 arrays (or, for the matplotlib plot, a figure);
 writing them is writing.py's job.
 """
+import logging
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -86,11 +89,24 @@ def layer_figure(picture, by_layer, own, title, height=112, gap=8):
     return labelled(join(rows, axis=0, gap=gap), title, size=16)
 
 
+@contextmanager
+def quiet_logger(name):
+    """For the block, the logger ``name`` reports errors only."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def curves_figure(evaluation, class_name):
     """The perturbation test's curves (evaluate.py) as a matplotlib figure, or None where
     matplotlib is not installed. ``evaluation`` is {fusion: scores}."""
     try:
-        from matplotlib.figure import Figure  # not pyplot: no global state, safe in a writer thread
+        with quiet_logger("matplotlib"):  # e.g. its warning where HOME is read-only: stderr is the run's
+            from matplotlib.figure import Figure  # not pyplot: no global state, safe in a writer thread
     except ImportError:
         return None
 

@@ -7,6 +7,8 @@ can be drawn over them. Resizing the whole picture makes every pixel of the orig
 exactly one patch, so the 14x14 map stretches back over the original pixel for pixel. The cost
 is a mild stretch of non-square pictures, the convention of the rollout tools users know.
 """
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,12 +62,58 @@ def read_picture(path):
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
     except Exception as error:  # imageio reports bad data through many exception types
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageError(f"{path}: not a readable picture ({reason})") from None
+        raise ImageError(f"{path}: not a readable picture: {why_unreadable(path, error)}") from None
     # turned upright on the RGB pixels: imageio's own rotate=True flips a palette picture's
     # colour channels instead of its columns
     upright = UPRIGHT.get(metadata.get("Orientation"), UPRIGHT[1])
     return np.ascontiguousarray(upright(_to_rgb8(pixels, path)))
+
+
+# What a file's first bytes say it is: (test, Pillow's name of the format, as users know it).
+SIGNATURES = [
+    (lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), "PNG", "PNG"),
+    (lambda b: b.startswith(b"\xff\xd8\xff"), "JPEG", "JPEG"),
+    (lambda b: b[:6] in (b"GIF87a", b"GIF89a"), "GIF", "GIF"),
+    (lambda b: b.startswith(b"BM"), "BMP", "BMP"),
+    (lambda b: b[:4] in (b"II*\x00", b"MM\x00*"), "TIFF", "TIFF"),
+    (lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP", "WEBP", "WebP"),
+    (lambda b: b[4:8] == b"ftyp" and b[8:12] in (b"avif", b"avis"), "AVIF", "AVIF"),
+    (lambda b: b[4:8] == b"ftyp" and b[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"),
+     "HEIF", "HEIC"),
+    (lambda b: b.startswith(b"\xff\x0a") or b.startswith(b"\x00\x00\x00\x0cJXL "), "JXL", "JPEG XL"),
+]
+# Decoders Pillow does not have built in, where a package adds one (imageio registers it).
+DECODER_PACKAGES = {"HEIF": "pillow-heif", "AVIF": "pillow-heif"}
+NOT_PICTURES = [(lambda b: b.startswith(b"%PDF"), "a PDF document, not a picture"),
+                (lambda b: b"<svg" in b, "an SVG drawing, vector graphics rather than pixels (export it as PNG)")]
+
+
+def why_unreadable(path, error):
+    """Why a file that imageio could not decode (raising ``error``) is not a picture, in a
+    user's words: too large, empty, a picture format with no decoder here, a damaged file of a
+    known format, or not a picture at all -- read from the file's first bytes, not from the
+    decoder's message (imageio's is about its plugins: "can not handle the given uri")."""
+    from PIL import Image
+
+    chain = [error, error.__cause__, error.__context__]
+    if any(isinstance(e, Image.DecompressionBombError) for e in chain):
+        pixels = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", " ".join(map(str, chain)))
+        return ("too large to decode safely" + (f": {int(pixels[1]):,} pixels, over Pillow's limit of {int(pixels[2]):,}"
+                                                 if pixels else ""))
+    with open(path, "rb") as file:
+        start = file.read(1024)
+    if not start:
+        return "the file is empty"
+    Image.init()  # every format Pillow, and any plugin imageio registered, can open
+    for test, format_id, name in SIGNATURES:
+        if test(start):
+            if format_id in Image.OPEN:
+                return f"a truncated or damaged {name} file"
+            package = DECODER_PACKAGES.get(format_id)
+            return (f"a {name} picture, and no {name} decoder is installed"
+                    + (f": pip install {package}, or the project's extra: pip install -e '.[heif]'" if package else ""))
+    described = next((text for test, text in NOT_PICTURES if test(start)), None)
+    return described or "its contents are in no picture format (not PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
 
 
 def _to_rgb8(pixels, path):

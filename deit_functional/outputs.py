@@ -6,6 +6,8 @@ where a name is taken, so nothing existing is ever overwritten.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -37,6 +39,15 @@ class PictureResult:
     attentions: np.ndarray | None = None  # (L, H, N, N) the model's maps, for the explorer page
     model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES
 
+    def not_finite(self):
+        """Why this result must not be written, or None: a map holding NaN or infinities draws as
+        garbage (weights that overflow float32 on a picture make the logits infinite, then NaN)."""
+        if not np.isfinite(self.probabilities).all():
+            return "the model's output for it is not finite (NaN or infinite logits): the weights overflow on it"
+        maps = [(f, g) for f, g in self.maps.items()] + [(f, a) for f, pair in self.layers.items() for a in pair]
+        bad = next((f for f, a in maps if not np.isfinite(a).all()), None)
+        return None if bad is None else f"its map ({bad} fusion) holds NaN or infinite values"
+
 
 def looks_like_a_result(path):
     """Whether ``path`` is named as this tool names the pictures it writes (overlays, per-layer
@@ -52,12 +63,20 @@ def file_tag(method, head_fusions, discard_ratio, category=None, model=DEFAULT_M
     """The part of every file name that says how the picture was explained (and by which DeiT,
     where not the default one)."""
     fusions = "all" if tuple(head_fusions) == HEAD_FUSIONS else "+".join(head_fusions)
-    parts = [method_named(method).file_name, fusions, f"discard{discard_ratio:g}"]
+    parts = [method_named(method).file_name, fusions, f"discard{ratio_text(discard_ratio)}"]
     if model != DEFAULT_MODEL:
         parts.insert(0, ARCHITECTURES[model].title.lower())  # e.g. deit-small
     if category is not None:
         parts.append(f"category{category}")
     return "_".join(parts)
+
+
+def ratio_text(ratio):
+    """A discard ratio as names and headings show it: short (0.9, not 0.900000), yet never one
+    text for two ratios (0.9000001 stays whole), and -0 as 0, the same map as 0."""
+    ratio = float(ratio) + 0.0  # -0.0 + 0.0 is 0.0
+    short = f"{ratio:g}"
+    return short if float(short) == ratio else repr(ratio)
 
 
 def file_endings(result, save_grid=False, per_layer=False):
@@ -80,14 +99,19 @@ def file_endings(result, save_grid=False, per_layer=False):
 
 class Names:
     """Output paths in ``folder`` that collide with no existing file and none given out before.
-    Safe to share between threads."""
+    Safe to share between threads.
+
+    A picture's name is shortened where the longest of its files' names, or the temporary name
+    it is staged under (writing.py), would pass the file system's limit on a name (255 bytes on
+    most): its start is kept, then ``~`` and 8 hex digits of a hash of the whole name, so that
+    pictures whose names start alike still get names of their own."""
 
     def __init__(self, folder, tag):
         self.folder, self.tag, self.taken, self.lock = Path(folder), tag, set(), threading.Lock()
 
     def claim(self, picture_path, endings):
         """{kind: ending} -> {kind: path}, all with one free stem."""
-        stem = f"{Path(picture_path).stem}_{self.tag}"
+        stem = f"{self.short_name(Path(picture_path).stem, endings)}_{self.tag}"
         with self.lock:
             for n in range(1, 10_000):
                 base = stem if n == 1 else f"{stem}-{n}"
@@ -96,6 +120,30 @@ class Names:
                     self.taken.update(paths.values())
                     return paths
         raise RuntimeError(f"no free output name for {stem}")
+
+    def short_name(self, name, endings):
+        """The picture's ``name`` (its stem), or its start, ``~`` and a hash, where a file name
+        <name>_<tag>-<n><ending>, staged as .<...>.<8 hex> + suffix, would be too long."""
+        size = lambda text: len(os.fsencode(text))
+        room = (name_limit(self.folder) - len(".." + "0" * 8) - len("-9999") - size(f"_{self.tag}")
+                - max(map(size, endings.values())))
+        if size(name) <= room:
+            return name
+        mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+        start = name
+        while start and size(start + mark) > room:
+            start = start[:-1]
+        return start + mark
+
+
+def name_limit(folder):
+    """The longest file name, in bytes, the file system holding ``folder`` (or its nearest
+    existing parent) allows; 255 where it does not say."""
+    existing = next((p for p in [Path(folder), *Path(folder).absolute().parents] if p.exists()), Path("/"))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+        return 255
 
 
 def write(result, endings, names, targets):

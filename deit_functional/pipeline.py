@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from .console import Printout
 from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
@@ -94,16 +95,20 @@ class DiskFull(Exception):
     it got."""
 
 
-def run(paths, weights, job, device):
+def run(paths, weights, job, device, printout=None):
     """Explain every picture of ``paths`` with ``weights`` (on ``device``), printing each one's
-    report and files as it is written -> the number of pictures that failed.
+    report and files as it is written, through ``printout`` (console.Printout; by default one on
+    sys.stdout) -> the number of pictures that failed.
 
     A picture that cannot be read is reported and skipped, unless it is the only one: then its
-    ImageError is raised before anything is written. A full disk stops the run: writes not yet
-    begun are dropped, no batch is started, and DiskFull is raised once the writes under way
-    have ended.
+    ImageError is raised before anything is written. A picture whose map is not finite (weights
+    that overflow on it) is reported and skipped, its files never written. A full disk stops the
+    run: writes not yet begun are dropped, no batch is started, and DiskFull is raised once the
+    writes under way have ended.
     """
     from tqdm import tqdm
+
+    printout = printout or Printout()
 
     keep_freed_memory()
     # Pillow warns about files it reads well (palette transparency, odd EXIF fields): a run
@@ -141,7 +146,8 @@ def run(paths, weights, job, device):
         else:
             if written is not None:
                 lines, entry = written
-                bar.write("\n".join(lines), file=sys.stdout)
+                with bar.external_write_mode():  # above the progress bar
+                    printout.line("\n".join(lines))
                 finished += 1
                 entries.extend([entry] if entry else [])
 
@@ -168,6 +174,10 @@ def run(paths, weights, job, device):
                     failures += 1
                     bar.write(f"skipped {made}", file=sys.stderr)
             for result in explain_batch(weights, good, job, device) if good else []:
+                if result.not_finite():
+                    failures += 1
+                    bar.write(f"skipped {result.path}: {result.not_finite()}; nothing written", file=sys.stderr)
+                    continue
                 endings = file_endings(result, job.save_grid, job.per_layer)
                 targets = names.claim(result.path, endings)  # here, so names follow picture order
                 writes.append(writers.submit(write_unless_full, result, endings, targets))
@@ -184,7 +194,7 @@ def run(paths, weights, job, device):
                        "partial was left")
     if entries:
         try:
-            print("\n".join(str(path) for path in write_report(entries, job)))
+            printout.line("\n".join(str(path) for path in write_report(entries, job)))
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"{job.output_dir}: {error.strerror.lower()}: no report was written; the "

@@ -10,6 +10,7 @@ numpy only: it runs beside the writer threads, without torch.
 """
 import datetime
 import html
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -18,6 +19,7 @@ import numpy as np
 
 from .labels import class_names, short_name, top
 from .model import ARCHITECTURES
+from .outputs import ratio_text
 from .rollout import METHODS
 from .writing import discard, publish, stage, write_text
 
@@ -54,6 +56,12 @@ def summary(entries):
             for k, f in enumerate(fusions)}
 
 
+def link(name):
+    """A file name in the output folder as a relative URL: its bytes percent-encoded, so any
+    name the file system holds (spaces, a Latin-1 name's raw bytes) links to the file."""
+    return quote(os.fsencode(name))
+
+
 def title(job):
     return f"Which parts of the pictures {ARCHITECTURES[job.model].title} looks at"
 
@@ -61,7 +69,7 @@ def title(job):
 def heading(job):
     method = METHODS[job.method]
     what = method.title + (f" for class {job.category}, {class_names()[job.category]}" if method.uses_gradient else "")
-    return (f"{what}; head fusions {', '.join(job.head_fusions)}; discard ratio {job.discard_ratio:g}; "
+    return (f"{what}; head fusions {', '.join(job.head_fusions)}; discard ratio {ratio_text(job.discard_ratio)}; "
             f"{ARCHITECTURES[job.model].title}; {datetime.date.today():%Y-%m-%d}")
 
 
@@ -69,7 +77,7 @@ def markdown(entries, job):
     """The report as Markdown: each picture, then the summary."""
     lines = [f"# {title(job)}", "", heading(job), ""]
     for e in entries:
-        lines += [f"## {e.picture}", "", f"![{Path(e.picture).name}: {' | '.join(e.faithfulness)}](<{e.overlay}>)", "",
+        lines += [f"## {e.picture}", "", f"![{Path(e.picture).name}: {' | '.join(e.faithfulness)}]({link(e.overlay)})", "",
                   "| p | class | name |", "|---:|---:|---|",
                   *(f"| {p:.3f} | {i} | {n} |" for p, i, n in e.top5), "",
                   f"Faithfulness for class {e.category}, {short_name(e.category)}:", "",
@@ -93,7 +101,7 @@ def html_page(entries, job):
              "table{border-collapse:collapse;margin:.5em 0}</style></head><body>",
              f"<h1>{title(job)}</h1>", f"<p>{e_(heading(job))}</p>"]
     for e in entries:
-        parts += [f"<h2>{e_(e.picture)}</h2>", f"<img src='{quote(e.overlay)}' alt='{e_(Path(e.picture).name)}'>",
+        parts += [f"<h2>{e_(e.picture)}</h2>", f"<img src='{link(e.overlay)}' alt='{e_(Path(e.picture).name)}'>",
                   table(["p", "class", "name"], [(f"{p:.3f}", i, n) for p, i, n in e.top5]),
                   f"<p>Faithfulness for class {e.category}, {e_(short_name(e.category))}:</p>",
                   table(["fusion", "positive AUC", "negative AUC"],

@@ -14,9 +14,11 @@ separate query, key and value are stacked into timm's ``qkv``.
 """
 import json
 import os
+import pickle
 import re
 import socket
 import threading
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -165,26 +167,55 @@ def _other_model_hint(fits, model):
 
 
 def _read_file(path):
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
+    if not path.is_file():  # e.g. /dev/zero, which would be read for ever
+        raise WeightsError(f"weights file {path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file {path} is empty")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols before it refuses a file
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))  # in torch's 1000-character refusal
-        if pickled:
-            raise WeightsError(f"weights file {path} holds more than tensors (a pickled {pickled.group(1)}, "
-                               "which could run code), so it is not loaded, for safety") from None
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise WeightsError(f"cannot read weights file {path}: {reason}") from None
+        raise WeightsError(_why_unloadable(path, error)) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # the official DeiT release wraps the state dict
     if not isinstance(state, dict):
         raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _why_unloadable(path, error):
+    """The message for a weights file that torch.load or safetensors refused with ``error``,
+    told by what the file is: torch's zip archive, a pickle, or neither.
+
+    torch's safe loader (weights_only) refuses anything but tensors and plain containers, with
+    a long text that suggests weights_only=False -- which would run whatever the file holds. Its
+    wordings vary (a blocked global, an unsupported class, a function it will not call, a
+    pickle operation it does not know), but each is an UnpicklingError saying "Weights only
+    load failed"; in an archive or a pickle that means the file holds more than tensors.
+    """
+    text = str(error)
+    reason = text.splitlines()[0] if text else type(error).__name__
+    if path.suffix == ".safetensors":
+        return f"cannot read weights file {path}: {reason}"
+    with open(path, "rb") as file:
+        start = file.read(4)
+    archive, pickled = start == b"PK\x03\x04", start[:1] == b"\x80"  # torch.save's zip; a pickle's protocol mark
+    if (archive or pickled) and isinstance(error, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        culprit = re.search(r"GLOBAL (\S+?)[,.]?(?:\s|$)", text)
+        what = f" (a pickled {culprit.group(1)}, which could run code)" if culprit else ""
+        return f"weights file {path} holds more than tensors{what}, so it was not loaded, for safety"
+    if archive:
+        return f"weights file {path} is damaged or cut short (torch's zip archive cannot be read)"
+    if pickled:
+        return f"weights file {path} is a pickle that torch.save did not write, or a damaged one ({reason})"
+    return f"weights file {path} is not a checkpoint (neither torch's format nor safetensors)"
 
 
 def _in_timm_names(state, model):
@@ -238,6 +269,11 @@ def _checked(state, shapes, model):
         if not torch.is_tensor(value) or tuple(value.shape) != shape:
             got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise WeightsError(f"not {title} weights: key {key!r} has shape {got}, expected {shape}")
+    for key in state:  # in float32, as the model computes: a float64 1e300 is infinite there
+        finite = torch.isfinite(state[key].to(torch.float32))
+        if not finite.all():
+            raise WeightsError(f"unusable weights: key {key!r} holds {int((~finite).sum())} NaN or infinite "
+                               "values (in float32)")
     return state
 
 

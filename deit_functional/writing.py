@@ -13,6 +13,7 @@ mode 0666 masked by the user's umask, as any new file is, so results get the usu
 import io
 import json
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -132,7 +133,9 @@ def write_npy(file, array):
 
 
 def write_text(file, text):
-    file.write(text.encode("utf-8"))
+    """Text -> UTF-8 bytes, written to the open binary ``file``. A file name's undecodable bytes
+    (held as surrogates, PEP 383) become U+FFFD: a UTF-8 document cannot hold them."""
+    file.write(re.sub("[\udc80-\udcff]", "\ufffd", text).encode("utf-8"))
 
 
 def write_json(file, data):

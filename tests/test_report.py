@@ -67,7 +67,7 @@ def test_a_report_over_a_folder_says_what_the_evaluation_files_say(planted_folde
         row = f"| {fusion} | {positive:.4f} | {negative:.4f} | {wins[k]} of 3 |"
         assert row in markdown
     # every picture's section links its labelled overlay by a relative path that resolves
-    links = re.findall(r"!\[[^\]]*\]\(<([^>]+)>\)", markdown)
+    links = [unquote(s) for s in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown)]  # percent-encoded
     sources = [unquote(s) for s in re.findall(r"<img src='([^']+)'", page)]
     assert len(links) == 3 and links == sources
     for link in links:

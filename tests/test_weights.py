@@ -62,7 +62,7 @@ def test_missing_and_unreadable_files_are_refused(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load_weights(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match="is not a checkpoint"):
         load_weights(tmp_path / "junk.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="not a state dict"):
