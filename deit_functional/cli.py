@@ -5,6 +5,7 @@ Every argument is checked before any work starts, and bad input ends the run wit
 line, one error line on stderr and exit status 2, before anything is written.
 """
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -14,12 +15,17 @@ import torch
 
 from .console import Printout, names_printable
 from .images import ImageError
+from .drawing import BACKDROPS, Look
+from .labels import class_index
 from .model import ARCHITECTURES, C, DEFAULT_MODEL
 from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
 from .rollout import HEAD_FUSIONS, METHODS
-from .weights import WeightsError, load_weights
+from .weights import WEIGHTS_VARIABLE, WeightsError, load_weights
 
+# what --evaluate adds, measured in bench/README.md ("What --evaluate costs")
+EVALUATE_COST = ("on 2 CPU cores about 0.8 s more per picture with one fusion, 2 s with all three, where a "
+                 "folder run without it takes about 0.02 s per picture")
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif"}
 
 
@@ -48,7 +54,25 @@ def path(text):
     return Path(text)
 
 
-category_index = bounded(int, 0, C, f"not an ImageNet class index (0..{C - 1})")
+def listed(parse):
+    """An argparse type for an option that takes several values: each argument may hold a
+    comma-separated list, each item parsed by ``parse``."""
+    def parse_list(text):
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"an empty item in {text!r}")
+        return [parse(item) for item in items]
+    return parse_list
+
+
+def category(text):
+    """An argparse type: an ImageNet class by index or name (labels.class_index)."""
+    try:
+        return class_index(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
 positive_int = bounded(int, 1, float("inf"), "not a positive integer")
 
@@ -62,10 +86,12 @@ def parser_for(methods):
     """The parser of a script that offers ``methods`` (keys of METHODS, its default first)."""
     default = METHODS[methods[0]]
     p = argparse.ArgumentParser(
-        description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, an "
-                    "overlay PNG at the picture's size (red = most relevant) and the raw mask as "
-                    ".npy (float32, the picture's height x width, values in [0, 1]), then prints "
-                    "the top-5 classes and every file written.",
+        description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, a "
+                    "figure PNG (the picture, and the map over a grey copy of it: red = most relevant, "
+                    "a colour bar giving the map's range; titled with method, fusion, discard ratio and "
+                    "class) and the raw mask as .npy (float32, the picture's height x width, in [0, 1], "
+                    "max 1), then prints the top-5 classes and every file written; a run of several "
+                    "pictures also writes predictions.csv.",
         epilog="Exit status: 0 done; 1 some pictures failed (each reported, e.g. unreadable among several), "
                "the disk filled up (the run stops; every picture written is whole), or standard output "
                "could not be written (a closed pipe is no failure: the run goes on, silent); 2 bad input "
@@ -74,12 +100,16 @@ def parser_for(methods):
                    help="picture file(s) or folder(s) of pictures "
                         f"({', '.join(sorted(s[1:] for s in PICTURE_SUFFIXES))})")
     if default.uses_gradient:
-        p.add_argument("--category", type=category_index, required=True, metavar="INDEX",
-                       help=f"ImageNet class to explain, 0..{C - 1} (e.g. 87 African grey parrot, 258 Samoyed)")
+        p.add_argument("--category", type=listed(category), nargs="+", required=True, metavar="CLASS",
+                       help=f"ImageNet class(es) to explain, each by index 0..{C - 1} or by name, "
+                            "case-insensitive, any unique start of one of its names (e.g. 87 or 'african grey', "
+                            "258 or samoyed); several, each explained in turn: 87 258 or 87,258")
     if len(methods) > 1:
-        p.add_argument("--method", choices=[METHODS[m].option for m in methods], default=default.option,
+        options = {METHODS[m].option: m for m in methods}
+        p.add_argument("--method", type=listed(choice(options)), nargs="+", default=[[methods[0]]], metavar="NAME",
                        help="; ".join(f"{METHODS[m].option}: {METHODS[m].title}, {METHODS[m].description}"
-                                      for m in methods) + " (default: %(default)s)")
+                                      for m in methods) + f" (default: {default.option}); several, each "
+                                      "explained in turn: " + " ".join(options) + " or " + ",".join(options))
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",),
                    help="how each layer's 3 heads are combined; 'all' writes mean, min and max "
                         "side by side in one picture (default: mean; all with --report)")
@@ -88,11 +118,18 @@ def parser_for(methods):
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
                         "attention to the class token is never discarded (default: "
                         + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")")
+    p.add_argument("--overlay", choices=BACKDROPS, default="grey",
+                   help="what the map is drawn over: a greyscale copy of the picture, so that red means "
+                        "relevance and nothing else, or the picture in colour (default: %(default)s)")
+    p.add_argument("--alpha", type=bounded(float, 0.0, math.nextafter(1.0, 2.0), "outside [0, 1]"), default=0.5,
+                   metavar="A",
+                   help="the map's share of each pixel of the figure, in [0, 1] (default: %(default)s)")
     p.add_argument("--weights", type=path, metavar="PATH",
                    help="local checkpoint: a .pth, .bin or .safetensors file in timm's or Hugging Face "
                         "transformers' naming, or the folder transformers' save_pretrained writes "
-                        "(e.g. facebook/deit-tiny-patch16-224's); default: the pretrained weights from "
-                        "a local cache (the DeiT release's, timm's or transformers'), else timm's, downloaded")
+                        f"(e.g. facebook/deit-tiny-patch16-224's); default: the file ${WEIGHTS_VARIABLE} "
+                        "names, else the pretrained weights from a local cache (the DeiT release's, timm's "
+                        "or transformers'), else timm's, downloaded (README: Weights)")
     p.add_argument("--model", choices=list(ARCHITECTURES), default=DEFAULT_MODEL, metavar="NAME",
                    help="which DeiT to explain, by timm's name: " + ", ".join(ARCHITECTURES) + " (with "
                         "3, 6 and 12 heads per layer; default: %(default)s, the homework's)")
@@ -112,17 +149,31 @@ def parser_for(methods):
                         "offline) to explore the picture: the map layer by layer, and where any patch or "
                         "the class token attends, head by head")
     p.add_argument("--report", action="store_true",
-                   help="also write report.md and report.html in the output folder (report-2.* and so "
-                        "on if taken): per picture its overlays, top-5 and faithfulness, then which head "
-                        "fusion was the most faithful over all pictures; implies --evaluate, and "
-                        "--head-fusion all unless one is given")
+                   help="also write report.html (one self-contained file: figures and curves inside) and "
+                        "report.md in the output folder (report-2.* and so on if taken): which head fusion "
+                        "scored best, over all pictures and for each method and class of the run, then each "
+                        "picture's figures, top-5 and faithfulness; implies --evaluate, and --head-fusion "
+                        "all unless one is given")
     p.add_argument("--evaluate", action="store_true",
                    help="also score each fusion's faithfulness by the perturbation test of Chefer "
                         "et al. 2021 (probability of the " + ("--category" if default.uses_gradient else "predicted")
                         + " class as the most / least relevant patches are removed): prints the "
                         "areas under the curves, writes them with the curves to <name>_evaluation.json "
-                        "and plots them to <name>_evaluation.png (needs matplotlib)")
+                        "and plots them to <name>_evaluation.png (needs matplotlib). It costs 20 more "
+                        f"forward passes per picture and fusion: {EVALUATE_COST}")
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="-q: one line per picture (and explanation): what was explained and the figure "
+                        "written; -qq: only the last line, the run's summary (errors are always printed)")
     return p
+
+
+def choice(options):
+    """An argparse type: one of ``options`` {name: value} -> its value."""
+    def parse(text):
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(options)})")
+        return options[text]
+    return parse
 
 
 def collect_pictures(arguments):
@@ -198,15 +249,15 @@ def usable_devices():
 
 def job_from(args, methods):
     """The parsed arguments of a script offering ``methods`` -> the pipeline's Job."""
-    by_option = {METHODS[m].option: m for m in methods}
-    method = by_option[args.method] if len(methods) > 1 else methods[0]
-    ratio = METHODS[method].cli_discard_ratio if args.discard_ratio is None else args.discard_ratio
+    flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
+    chosen = flat(args.method) if len(methods) > 1 else methods[:1]
     fusion = args.head_fusion or ("all" if args.report else "mean")
-    return Job(method=method, category=getattr(args, "category", None),
+    return Job(methods=chosen, categories=flat(getattr(args, "category", None) or []),
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
-               discard_ratio=ratio, output_dir=args.output_dir, batch_size=args.batch_size,
+               discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=args.batch_size,
                per_layer=args.per_layer, html=args.html, report=args.report,
-               evaluate=args.evaluate or args.report, save_grid=args.save_grid, model=args.model)
+               evaluate=args.evaluate or args.report, save_grid=args.save_grid, model=args.model,
+               look=Look(args.overlay, args.alpha), quiet=args.quiet)
 
 
 def main(methods, argv=None):
@@ -218,10 +269,11 @@ def main(methods, argv=None):
 def _main(methods, argv):
     parser = parser_for(methods)
     args = parser.parse_args(argv)
-    job = job_from(args, methods)
     printout = Printout()
     try:
-        METHODS[job.method].check_available()  # e.g. SciPy for flow, before the model loads
+        job = job_from(args, methods)
+        for method in job.methods:
+            METHODS[method].check_available()  # e.g. SciPy for flow, before the model loads
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)

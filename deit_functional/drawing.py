@@ -5,12 +5,12 @@ writing them is writing.py's job.
 """
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .fast_forms import bilinear_resize
-from .images import resize
 
 
 def upsample(grid, size):
@@ -52,14 +52,155 @@ def overlay(picture, mask, alpha=0.5):
     return blended.astype(np.uint8)
 
 
-def labelled(picture, text, size=14):
-    """(H, W, 3) uint8 -> the picture under a white band that holds ``text`` (cut at the
-    picture's width), drawn by Pillow in its own font at ``size`` pixels."""
+# ---- the result figure ------------------------------------------------------------------------
+
+SIDE = 448   # a result figure's panels, on their longer side: a 16-px patch of a square picture is 32 px
+FLAT = 0.25  # a map whose values span less than this share of its largest is "nearly flat"
+LABEL, TITLE = 16, 18  # text sizes in result figures, pixels
+BACKDROPS = ("grey", "colour")
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a result figure draws a map over its picture."""
+    backdrop: str = "grey"  # over a greyscale copy, so that red means relevance and nothing else; or "colour"
+    alpha: float = 0.5      # the map's share of each pixel
+
+
+def grey(picture):
+    """(H, W, 3) uint8 -> its luma (ITU-R 601) in all three channels: a red object turns mid-grey,
+    so that no red in the figure comes from the photo."""
+    luma = picture.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat((luma + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def backdrop(picture, look):
+    """The picture a map is drawn over: ``picture`` itself, or its grey copy."""
+    if look.backdrop not in BACKDROPS:
+        raise ValueError(f"unknown backdrop {look.backdrop!r}; choose one of {', '.join(BACKDROPS)}")
+    return grey(picture) if look.backdrop == "grey" else picture
+
+
+def scaled(picture, size):
+    """(H, W, 3) uint8 -> (h, w, 3) at ``size`` = (h, w), bicubic (Pillow, which antialiases when
+    shrinking and lets other threads run meanwhile: no torch in the writer threads)."""
+    from PIL import Image
+    return np.asarray(Image.fromarray(picture).resize(size[::-1], Image.Resampling.BICUBIC))
+
+
+def to_side(picture, side=SIDE):
+    """(H, W, 3) uint8 -> the same picture ``side`` pixels on its longer side, aspect ratio kept."""
+    height, width = picture.shape[:2]
+    scale = side / max(height, width)
+    return scaled(picture, (max(1, round(height * scale)), max(1, round(width * scale))))
+
+
+def to_height(picture, height):
+    """(H, W, 3) uint8 -> the same picture ``height`` pixels high, aspect ratio kept."""
+    return scaled(picture, (height, max(1, round(picture.shape[1] * height / picture.shape[0]))))
+
+
+def value_range(grid):
+    """A (G, G) map -> (lowest, highest) of its values, the span its colours are stretched over."""
+    values = np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid, np.float64)
+    return float(values.min()), float(values.max())
+
+
+def stretched(mask, low, high):
+    """Map values -> [0, 1]: ``low`` dark blue, ``high`` dark red (min-max). A map at its own
+    maximum scale (1) and lowest 0 is unchanged; a nearly flat one (Attention Flow without
+    discard: 0.96-1.0) shows its contrast instead of one red sheet, and its colour bar says how
+    small that contrast is. A constant map is all blue."""
+    if high <= low:
+        return np.zeros_like(mask)
+    return np.clip((mask - np.float32(low)) / np.float32(high - low), 0, 1)
+
+
+def number_pair(low, high):
+    """``low`` and ``high`` as text, with the decimals that tell them apart (at least two)."""
+    decimals = 2 if high - low <= 0 else max(2, int(np.ceil(-np.log10(high - low))) + 1)
+    return f"{low:.{decimals}f}", f"{high:.{decimals}f}"
+
+
+def colour_bar(width, low, high, size=14):
+    """A JET strip ``width`` wide, then its scale: the map's lowest value under the blue end,
+    its highest under the red end, and between them what the colours mean."""
+    strip = np.repeat(jet(np.linspace(0, 1, width, dtype=np.float32))[None], 10, axis=0)
+    left, right = number_pair(low, high)
+    meaning = ("nearly flat: colours stretched" if high - low < FLAT * max(abs(high), 1e-12) else
+               "relevance: low to high")
+    band = text_band([(left, "left"), (meaning, "centre"), (right, "right")], width, size)
+    return np.concatenate([np.full((3, width, 3), 255, np.uint8), strip, band])
+
+
+def map_panel(back, grid, label, look, size=14):
+    """A (G, G) map drawn over the panel-sized backdrop ``back``, stretched to its value range,
+    under ``label`` and over its colour bar."""
+    low, high = value_range(grid)
+    mask = stretched(upsample(grid, back.shape[:2]), low, high)
+    return np.concatenate([labelled(overlay(back, mask, look.alpha), label, size),
+                           colour_bar(back.shape[1], low, high, size)])
+
+
+def result_figure(picture, grids, title, look=Look(), side=SIDE):
+    """The picture a run writes for each explanation: ``title`` across the top, then the picture
+    as given and each map of ``grids`` {label: (G, G)} over it, each panel ``side`` pixels on its
+    longer side with a colour bar of the map's own value range beneath; up to three panels in a
+    row, four as two rows of two (so that a page shows the labels at their size)."""
+    small = to_side(picture, side)
+    back = backdrop(small, look)
+    maps = [map_panel(back, grid, label, look, LABEL) for label, grid in grids.items()]
+    original = labelled(small, "the picture", LABEL)
+    below = text_band([(f"{picture.shape[1]} x {picture.shape[0]} pixels", "left")], small.shape[1], 14)
+    original = np.concatenate([original, np.full((maps[0].shape[0] - original.shape[0] - below.shape[0],
+                                                  small.shape[1], 3), 255, np.uint8), below])
+    panels = [original, *maps]
+    columns = 2 if len(panels) == 4 else len(panels)
+    rows = [join(panels[i:i + columns]) for i in range(0, len(panels), columns)]
+    return labelled(join(rows, axis=0), title, size=TITLE)
+
+
+# ---- text ---------------------------------------------------------------------------------------
+
+def text_band(text, width, size=14):
+    """A white band ``width`` pixels wide holding ``text`` in Pillow's own font at ``size``
+    pixels: a string, wrapped at spaces onto as many lines as it needs (and at newlines), or one
+    line of [(text, "left" | "centre" | "right")] pieces."""
     from PIL import Image, ImageDraw, ImageFont
 
-    band = Image.new("RGB", (picture.shape[1], size + size // 2), "white")
-    ImageDraw.Draw(band).text((1, size // 4), text, fill=(0, 0, 0), font=ImageFont.load_default(size))
-    return np.concatenate([np.asarray(band), picture])
+    font = ImageFont.load_default(size)
+    lines = [[(line, "left")] for line in _wrapped(text, width, font)] if isinstance(text, str) else [text]
+    step = size + size // 4
+    band = Image.new("RGB", (width, size + size // 2 + (len(lines) - 1) * step), "white")
+    draw = ImageDraw.Draw(band)
+    for row, pieces in enumerate(lines):
+        for piece, where in pieces:
+            left = {"left": 1, "centre": (width - font.getlength(piece)) / 2,
+                    "right": width - 1 - font.getlength(piece)}[where]
+            draw.text((left, size // 4 + row * step), piece, fill=(0, 0, 0), font=font)
+    return np.asarray(band)
+
+
+def _wrapped(text, width, font):
+    """``text`` broken into lines no wider than ``width`` at spaces (a longer word stands alone)."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            longer = f"{line} {word}" if line else word
+            if line and font.getlength(longer) > width - 2:
+                lines.append(line)
+                line = word
+            else:
+                line = longer
+        lines.append(line)
+    return lines
+
+
+def labelled(picture, text, size=14):
+    """(H, W, 3) uint8 -> the picture under a white band that holds ``text``, wrapped to the
+    picture's width (text_band)."""
+    return np.concatenate([text_band(text, picture.shape[1], size), picture])
 
 
 def join(panels, axis=1, gap=8):
@@ -72,21 +213,29 @@ def join(panels, axis=1, gap=8):
     return np.concatenate(parts, axis=axis)
 
 
-def to_height(picture, height):
-    """(H, W, 3) uint8 -> the same picture ``height`` pixels high, aspect ratio kept."""
-    return resize(picture, (height, max(1, round(picture.shape[1] * height / picture.shape[0]))))
-
-
-def layer_figure(picture, by_layer, own, title, height=112, gap=8):
+def layer_figure(picture, by_layer, own, title, look=Look(), height=112, gap=8):
     """The per-layer view of (L, G, G) maps, under ``title``: top row, the map through layers
     1..l; bottom row, each layer's own CLS attention; each panel the picture ``height`` pixels
-    high with the map over it, each column headed by its layer."""
-    small = to_height(picture, height)
-    panels = lambda grids: [overlay(small, upsample(g, small.shape[:2])) for g in grids]
-    top = join([labelled(p, f"layer {l}") for l, p in enumerate(panels(by_layer), start=1)], gap=gap)
-    rows = [labelled(top, "the map through layers 1..l"),
-            labelled(join(panels(own), gap=gap), "each layer's own attention of the class token, heads fused")]
-    return labelled(join(rows, axis=0, gap=gap), title, size=16)
+    high with the map over it, stretched to the panel's own value range (stretched), which its
+    heading gives under the layer's number; a colour bar at the foot."""
+    back = backdrop(to_height(picture, height), look)
+
+    def row(grids):
+        panels = []
+        for l, grid in enumerate(grids, start=1):
+            low, high = value_range(grid)
+            mask = stretched(upsample(grid, back.shape[:2]), low, high)
+            heading = "layer {}\n{} - {}".format(l, *number_pair(low, high))
+            panels.append(labelled(overlay(back, mask, look.alpha), heading))
+        return join(panels, gap=gap)
+
+    rows = [labelled(row(by_layer), "the map through layers 1..l"),
+            labelled(row(own), "each layer's own attention of the class token, heads fused")]
+    figure = join(rows, axis=0, gap=gap)
+    strip = np.repeat(jet(np.linspace(0, 1, min(figure.shape[1], 600), dtype=np.float32))[None], 10, axis=0)
+    key = labelled(strip, "colours: each panel from its lowest value (blue) to its highest (red), as under its layer")
+    key = np.concatenate([key, np.full((key.shape[0], figure.shape[1] - key.shape[1], 3), 255, np.uint8)], axis=1)
+    return labelled(join([figure, key], axis=0, gap=gap), title, size=16)
 
 
 @contextmanager

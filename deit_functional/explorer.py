@@ -21,6 +21,7 @@ import json
 
 import numpy as np
 
+from .curves import curves_svg
 from .labels import short_name, top
 from .model import ARCHITECTURES
 from .rollout import METHODS
@@ -69,6 +70,8 @@ def page_data(result):
         "attention": _b64(codes), "step": _b64(step.astype("<f4")),
         "top5": top(result.probabilities),
         "faithfulness": result.faithfulness,
+        "curves": curves_svg(result.faithfulness, short_name(result.category)) if result.faithfulness else None,
+        "gradient": method.uses_gradient,
     }
 
 
@@ -115,14 +118,17 @@ PAGE = """<!doctype html>
     <h2>The explanation through layers 1..<span id="layer-label"></span></h2>
     <canvas id="main"></canvas>
     <div class="controls">
-      <label>Layer <input type="range" id="layer" min="1" step="1"></label>
+      <label>Layer <input type="range" id="layer" min="1" step="1"> <output id="layer-value"></output></label>
       <label>Head fusion <select id="fusion"></select></label>
       <button id="cls" type="button">Class token</button>
+      <label><input type="checkbox" id="colour"> photo in colour</label>
     </div>
+    <p class="hint" id="main-says"></p>
     <p class="hint">Click a patch to see where it attends; the button picks the class token.</p>
   </section>
   <section>
     <h2>Where <span id="token-label"></span> attends in layer <span id="head-layer"></span></h2>
+    <p class="hint" id="heads-say"></p>
     <div class="heads" id="heads"></div>
     <p id="to-cls"></p>
     <p id="readout">Hover over a panel to read its values.</p>
@@ -133,9 +139,11 @@ PAGE = """<!doctype html>
   <p class="hint">Probability of the class as the most (positive) or least (negative) relevant
   patches are removed: lower positive and higher negative areas mean a more faithful map.</p>
   <table id="auc"></table><div id="curves"></div></section>
-<p class="note">Colours: each panel scaled to its own maximum, dark blue 0 to dark red. Numbers are
-stored at 8 bits: an attention value shown is within half a step (its row's largest entry / 510)
-of the model's, a map value within 1/510.</p>
+<p class="note">Colours: each panel scaled to its own maximum, dark blue 0 to dark red, over a
+grey copy of the photo (so that red means relevance only) unless "photo in colour" is ticked. The
+chosen patch is outlined in white in every panel. Numbers are stored at 8 bits: an attention value
+shown is within half a step (its row's largest entry / 510) of the model's, a map value within
+1/510.</p>
 <script>
 "use strict";
 const D = DATA;
@@ -143,7 +151,7 @@ const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 const L = D.layers, H = D.heads, N = D.tokens, G = D.grid;
 const codes = bytes(D.attention), step = new Float32Array(bytes(D.step).buffer);
 const maps = Object.fromEntries(D.fusions.map((f) => [f, bytes(D.by_layer[f])]));
-const state = { layer: L, fusion: D.fusions[0], token: 0 };
+const state = { layer: L, fusion: D.fusions[0], token: 0, hover: null, colour: false };  // hover: [panel, row, column]
 const $ = (id) => document.getElementById(id);
 
 // attention of token i to token j in layer l (1-based), head h
@@ -159,7 +167,9 @@ const width = () => Math.round(picture.width), height = () => Math.round(picture
 function draw(canvas, grid, smooth) {  // grid: G*G values, drawn scaled to their maximum
   const ctx = canvas.getContext("2d");
   ctx.globalAlpha = 1;
+  ctx.filter = state.colour ? "none" : "grayscale(1)";
   ctx.drawImage(picture, 0, 0, canvas.width, canvas.height);
+  ctx.filter = "none";
   const peak = Math.max(...grid) || 1;
   const cells = document.createElement("canvas");
   cells.width = cells.height = G;
@@ -170,6 +180,11 @@ function draw(canvas, grid, smooth) {  // grid: G*G values, drawn scaled to thei
   ctx.imageSmoothingEnabled = smooth;
   ctx.drawImage(cells, 0, 0, canvas.width, canvas.height);
   ctx.globalAlpha = 1;
+  if (state.token > 0) {  // the chosen patch, outlined
+    const w = canvas.width / G, h = canvas.height / G;
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
+    ctx.strokeRect(((state.token - 1) % G) * w, Math.floor((state.token - 1) / G) * h, w, h);
+  }
 }
 
 function patchAt(canvas, event) {  // -> [row, column] of the patch under the mouse
@@ -184,28 +199,31 @@ const panels = [...Array(H).keys()].map((h) => ({ name: `head ${h + 1}`, row: (l
 function render() {
   const { layer, fusion, token } = state;
   $("layer-label").textContent = layer;
+  $("layer-value").textContent = `${layer} of ${L}`;
   $("head-layer").textContent = layer;
   $("token-label").textContent = tokenName(token);
   const map = maps[fusion].subarray((layer - 1) * G * G, layer * G * G);
   const main = $("main");
   draw(main, Array.from(map, (q) => q / 255), true);
-  if (token > 0) {
-    const ctx = main.getContext("2d"), w = main.width / G, h = main.height / G;
-    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
-    ctx.strokeRect(((token - 1) % G) * w, Math.floor((token - 1) / G) * h, w, h);
-  }
   panels.forEach((panel, p) => {
     panel.caption.textContent = p < H ? panel.name : `fused (${fusion})`;
     draw(panel.canvas, [...Array(G * G).keys()].map((k) => panel.row(layer, token, k + 1)), false);
   });
   const toCls = panels.map((panel, p) => `${p < H ? panel.name : fusion} ${panel.row(layer, token, 0).toFixed(4)}`);
   $("to-cls").textContent = `Attention to the class token: ${toCls.join(", ")}`;
+  showReadout();
+}
+
+function showReadout() {  // the values under the mouse, for the layer, token and fusion chosen now
+  if (!state.hover) return;
+  const [r, c] = state.hover, j = 1 + r * G + c;
+  const values = panels.map((panel, p) => `${p < H ? panel.name : state.fusion} ${panel.row(state.layer, state.token, j).toFixed(4)}`);
+  $("readout").textContent = `layer ${state.layer}, ${tokenName(state.token)} \\u2192 patch (${r}, ${c}): ${values.join(", ")}`;
 }
 
 function readout(event) {
-  const [r, c] = patchAt(event.target, event), j = 1 + r * G + c;
-  const values = panels.map((panel, p) => `${p < H ? panel.name : state.fusion} ${panel.row(state.layer, state.token, j).toFixed(4)}`);
-  $("readout").textContent = `layer ${state.layer}, ${tokenName(state.token)} \\u2192 patch (${r}, ${c}): ${values.join(", ")}`;
+  state.hover = patchAt(event.target, event);
+  showReadout();
 }
 
 picture.onload = () => {
@@ -227,12 +245,18 @@ picture.onload = () => {
   $("cls").addEventListener("click", () => { state.token = 0; render(); });
   $("layer").addEventListener("input", (event) => { state.layer = Number(event.target.value); render(); });
   $("fusion").addEventListener("change", (event) => { state.fusion = event.target.value; render(); });
+  $("colour").addEventListener("change", (event) => { state.colour = event.target.checked; render(); });
   render();
   document.body.dataset.ready = "yes";
 };
 
 $("title").textContent = D.file;
 $("method").textContent = `${D.method} \\u00b7 ${D.model} \\u00b7 ${L} layers, ${H} heads, ${G}\\u00d7${G} patches`;
+$("main-says").textContent = D.gradient
+  ? "The map: each layer's attention weighted by the gradient of the class's logit, rolled out through layers 1..l."
+  : "The map: each layer's attention, heads fused, rolled out through layers 1..l.";
+$("heads-say").textContent = "Raw attention, as the model computed it" +
+  (D.gradient ? " (not weighted by the gradient, unlike the map)." : ".");
 $("layer").max = L; $("layer").value = L;
 for (const f of D.fusions) $("fusion").append(new Option(f, f));
 $("top5").innerHTML = "<tr><th>p</th><th>class</th><th>name</th></tr>";
@@ -247,19 +271,7 @@ if (D.faithfulness) {
     const row = $("auc").insertRow();
     for (const text of [s.positive_auc.toFixed(4), s.negative_auc.toFixed(4), f]) row.insertCell().textContent = text;
   }
-  const colours = ["#1f77b4", "#d62728", "#2ca02c"], top = Math.max(...Object.values(D.faithfulness)
-    .flatMap((s) => s.positive.concat(s.negative))) || 1;
-  for (const order of ["positive", "negative"]) {  // p(class) against the share of patches removed
-    const lines = Object.entries(D.faithfulness).map(([f, s], k) => {
-      const points = s.fractions.map((x, i) => `${(x * 260).toFixed(1)},${(150 - s[order][i] / top * 150).toFixed(1)}`);
-      return `<polyline fill="none" stroke="${colours[k % 3]}" stroke-width="2" points="${points.join(" ")}"/>` +
-             `<text x="270" y="${14 + 16 * k}" fill="${colours[k % 3]}">${f}</text>`;
-    });
-    $("curves").insertAdjacentHTML("beforeend", `<svg class="${order}" width="404" height="200" viewBox="-64 -20 404 200">` +
-      `<text x="0" y="-6">${order === "positive" ? "most" : "least"} relevant removed first</text>` +
-      `<path d="M0,0 V150 H260" fill="none" stroke="#888"/><text x="0" y="168">0</text>` +
-      `<text x="240" y="168">share 1</text><text x="-4" y="4" text-anchor="end">${top.toPrecision(2)}</text>${lines.join("")}</svg>`);
-  }
+  $("curves").innerHTML = D.curves;  // drawn by curves.py, as in the report
 }
 picture.src = "data:image/jpeg;base64," + D.picture;
 </script>

@@ -26,3 +26,37 @@ def top(probabilities, k=5):
 def top_classes(probabilities, k=5):
     """(C,) probabilities (an array) -> k lines 'rank. probability  index name' (``top``)."""
     return [f"  {rank}. {p:.3f}  {i:3d} {name}" for rank, (p, i, name) in enumerate(top(probabilities, k), start=1)]
+
+
+def rank(probabilities, index):
+    """Where class ``index`` stands among (C,) probabilities: 1 for the most probable; equal
+    probabilities in class order, as in ``top``."""
+    probabilities = np.asarray(probabilities)
+    p = probabilities[index]
+    return int((probabilities > p).sum() + (probabilities[:index] == p).sum()) + 1
+
+
+def class_index(text):
+    """A class by its index ("258") or its name ("samoyed", "African grey"): case-insensitive,
+    any of the names a class is listed under, or the start of only one class's names -> its
+    index. ValueError where no class, or several, fit, naming them."""
+    text = " ".join(str(text).replace("_", " ").split())
+    if text.lstrip("+-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(class_names()):
+            raise ValueError(f"{text} is not an ImageNet class index (0..{len(class_names()) - 1})")
+        return index
+    key = text.lower()
+    names = [[name.strip() for name in line.split(",")] for line in class_names()]
+    exact = [(i, name) for i, listed in enumerate(names) for name in listed if name.lower() == key]
+    fitting = exact or [(i, name) for i, listed in enumerate(names) for name in listed if name.lower().startswith(key)]
+    classes = list(dict.fromkeys(i for i, _ in fitting))  # each class once, the first name that fits
+    if len(classes) == 1:
+        return classes[0]
+    if not classes:
+        raise ValueError(f"no ImageNet class is called {text!r} or has a name starting so")
+    named = {i: name for i, name in reversed(fitting)}
+    shown = "; ".join(f"{i} {short_name(i)}" + (f" ({named[i]})" if named[i] != short_name(i) else "")
+                      for i in classes[:6])
+    more = f"; and {len(classes) - 6} more" if len(classes) > 6 else ""
+    raise ValueError(f"{text!r} fits {len(classes)} classes: {shown}{more} (give the index, or more of the name)")

@@ -6,7 +6,9 @@ where a name is taken, so nothing existing is ever overwritten.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import re
 import threading
@@ -16,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .drawing import curves_figure, join, labelled, layer_figure, overlay, upsample
+from .drawing import Look, curves_figure, layer_figure, result_figure, upsample
 from .explorer import explorer_page
-from .labels import class_names, short_name, top_classes
+from .labels import class_names, rank, short_name, top, top_classes
 from .model import ARCHITECTURES, DEFAULT_MODEL
 from .rollout import HEAD_FUSIONS, METHODS, method_named
-from .writing import discard, publish, stage, write_figure, write_json, write_npy, write_png, write_text
+from .writing import (discard, publish, stage, write_figure, write_json, write_new, write_npy, write_png,
+                      write_text)
 
 
 @dataclass
@@ -38,6 +41,11 @@ class PictureResult:
     method: str = "attention"     # a key of rollout.METHODS
     attentions: np.ndarray | None = None  # (L, H, N, N) the model's maps, for the explorer page
     model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES
+    discard_ratio: float = 0.0    # the share of each layer's lowest entries the method discarded
+
+    def __post_init__(self):
+        if self.category is None and self.probabilities is not None:
+            self.category = int(np.argmax(self.probabilities))  # the top class, as a run sets it
 
     def not_finite(self):
         """Why this result must not be written, or None: a map holding NaN or infinities draws as
@@ -146,16 +154,16 @@ def name_limit(folder):
         return 255
 
 
-def write(result, endings, names, targets):
+def write(result, endings, names, targets, look=Look()):
     """Write ``result``'s files {kind: ending} (file_endings) under ``targets`` {kind: path}
-    (claimed from ``names``) -> the lines to print: the picture, its top-5 classes, its
-    faithfulness table, every file written -- and the paths they were written to, {kind: path}.
+    (claimed from ``names``), maps drawn in ``look`` -> (the paths they were written to, {kind:
+    path}; notes on files that could not be made).
 
     All files are staged first and published together (writing.py): a failure, a full disk
     included, leaves none of them. Where another run took one of the names meanwhile, the next
     free names are claimed from ``names``.
     """
-    files, notes = savers(result, endings)
+    files, notes = savers(result, endings, look)
     names.folder.mkdir(parents=True, exist_ok=True)
     staged = {}
     try:
@@ -169,26 +177,22 @@ def write(result, endings, names, targets):
                 targets = names.claim(result.path, {kind: endings[kind] for kind in staged})
     finally:
         discard(staged)
-    return [f"{result.path}:", *report(result), *notes, *(str(targets[kind]) for kind in files)], targets
+    return {kind: targets[kind] for kind in files}, notes
 
 
-def savers(result, endings):
+def savers(result, endings, look=Look()):
     """-> ({kind: save(file)} for each file of ``endings`` that can be made, notes on the rest):
     the drawing is done here, the writing by each save."""
-    masks = {f: upsample(g, result.picture.shape[:2]) for f, g in result.maps.items()}
-    overlays = {f: overlay(result.picture, m) for f, m in masks.items()}
-    if len(overlays) == 1:  # the map over the photo, at its size
-        files = {"overlay": partial(write_png, picture=next(iter(overlays.values())))}
-    else:  # side by side, each under its fusion's name, all under what they explain
-        panels = join([labelled(picture, f"{fusion} fusion") for fusion, picture in overlays.items()])
-        files = {"overlay": partial(write_png, picture=labelled(panels, title(result), size=16))}
-    for fusion, mask in masks.items():
-        files[f"mask {fusion}"] = partial(write_npy, array=mask)
+    grids = {(f"{f} fusion" if len(result.maps) > 1 else f"{f} fusion, red = most relevant"): g
+             for f, g in result.maps.items()}
+    files = {"overlay": partial(write_png, picture=result_figure(result.picture, grids, title(result), look))}
+    for fusion, grid in result.maps.items():
+        files[f"mask {fusion}"] = partial(write_npy, array=upsample(grid, result.picture.shape[:2]))
         if f"grid {fusion}" in endings:
-            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(result.maps[fusion], np.float32))
+            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(grid, np.float32))
         if f"layers {fusion}" in endings:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(
-                result.picture, *result.layers[fusion], title=f"{title(result)}, {fusion} fusion"))
+                result.picture, *result.layers[fusion], title=title(result, fusion), look=look))
     if "explorer" in endings:
         files["explorer"] = partial(write_text, text=explorer_page(result))
     notes = []
@@ -203,20 +207,58 @@ def savers(result, endings):
     return files, notes
 
 
-def title(result):
-    """What ``result`` explains, in a line: the method, and the class."""
-    method, name = METHODS[result.method], short_name(result.category)
-    return f"{method.title} " + (f"for class {result.category}, {name}" if method.uses_gradient
-                                 else f"(top class {result.category}, {name})")
+def title(result, fusion=None):
+    """What ``result`` explains, in a line: method, head fusion (``fusion``, or all the
+    result's), discard ratio, the class with its probability and rank, and the DeiT."""
+    method = METHODS[result.method]
+    fusions = fusion or " | ".join(result.maps)
+    which = "class" if method.uses_gradient else "top class"
+    return (f"{method.title}, {fusions} fusion, discard ratio {ratio_text(result.discard_ratio)}: {which} "
+            f"{class_line(result.probabilities, result.category)}; {ARCHITECTURES[result.model].title}")
 
 
-def report(result):
-    """The lines printed about ``result``: its top-5 classes, then its faithfulness table."""
-    lines = top_classes(result.probabilities)
+def class_line(probabilities, category):
+    """'258 Samoyed (p 0.021, rank 7 of 1000)': a class, its probability and its rank."""
+    p = float(probabilities[category])
+    shown = f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"  # a small probability keeps its digits
+    return f"{category} {short_name(category)} (p {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
+
+
+def printed(result, files, notes, quiet=0, first=True):
+    """The lines printed about ``result`` once its ``files`` {kind: path} are written: with
+    ``quiet`` 0, for the picture's ``first`` explanation the picture and its top-5 classes, then
+    the class explained (a gradient method's), the faithfulness table, notes and every file;
+    with 1, one line: the picture, what was explained and the figure; with 2, none."""
+    method = METHODS[result.method]
+    if quiet >= 2:
+        return []
+    if quiet == 1:
+        what = f"{method.option} " + ("class" if method.uses_gradient else "top class")
+        return [f"{result.path}: {what} {class_line(result.probabilities, result.category)} -> {files['overlay']}"]
+    lines = [f"{result.path}:", *top_classes(result.probabilities)] if first else []
+    if method.uses_gradient:
+        lines.append(f"  {method.title}, class {class_line(result.probabilities, result.category)}")
     if result.faithfulness is not None:
         lines += [f"  faithfulness for class {result.category} {class_names()[result.category]} "
                   "(perturbation test; positive AUC: lower is better, negative AUC: higher is better)",
                   "    fusion  positive AUC  negative AUC"]
         lines += [f"    {fusion:6}  {s['positive_auc']:12.4f}  {s['negative_auc']:12.4f}"
                   for fusion, s in result.faithfulness.items()]
-    return lines
+    return lines + notes + [str(path) for path in files.values()]
+
+
+def write_predictions(results, job):
+    """predictions.csv in the output folder (or the next free predictions-n.csv) -> its path: a
+    row per picture and class explained (a gradient method's class, else the top one), with that
+    class's probability and rank, then the picture's top-5."""
+    header = ["picture", "explained_class", "explained_name", "explained_probability", "explained_rank"]
+    header += [f"top{k}_{field}" for k in range(1, 6) for field in ("class", "name", "probability")]
+    rows = []
+    for r in results:
+        top5 = [value for p, i, _ in top(r.probabilities) for value in (i, short_name(i), f"{p:.6f}")]
+        rows.append([str(r.path), r.category, short_name(r.category), f"{r.probabilities[r.category]:.6f}",
+                     rank(r.probabilities, r.category), *top5])
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    [path] = write_new(job.output_dir, "predictions", {".csv": partial(write_text, text=buffer.getvalue())})
+    return path

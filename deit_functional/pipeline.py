@@ -41,17 +41,19 @@ from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
 from .model import DEFAULT_MODEL
-from .outputs import Names, PictureResult, file_endings, file_tag, write
+from .drawing import Look
+from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
 from .report import entry as report_entry, write_report
+from .rollout import METHODS
 
 
 @dataclass(frozen=True)
 class Job:
     """What to do with every picture (checked by the command line, or by a caller)."""
-    method: str                   # a key of rollout.METHODS
-    category: int | None          # the class explained, for a method that uses the gradient
+    methods: tuple                # keys of rollout.METHODS, each explained in turn
+    categories: tuple             # the classes the methods that use the gradient explain, each in turn
     head_fusions: tuple           # e.g. ("mean",) or ("mean", "min", "max")
-    discard_ratio: float
+    discard_ratio: float | None   # None: each method's own (Method.cli_discard_ratio)
     output_dir: Path
     batch_size: int = 32
     per_layer: bool = False       # also the rollout through each layer (drawing.layer_figure)
@@ -60,33 +62,47 @@ class Job:
     evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
     save_grid: bool = False       # also the (G, G) map as .npy
     model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES, which the weights are of
+    look: Look = Look()           # how the result figures draw the maps
+    quiet: int = 0                # 0 everything; 1 a line per picture and explanation; 2 the summary only
+
+    def ratio(self, method):
+        """The discard ratio ``method`` runs with."""
+        return METHODS[method].cli_discard_ratio if self.discard_ratio is None else self.discard_ratio
+
+    def explanations(self):
+        """-> [(method, category)]: every method, for every class where it explains one."""
+        if any(METHODS[m].uses_gradient for m in self.methods) and not self.categories:
+            raise ValueError("a method that uses the gradient explains a class: give categories")
+        return [(m, c) for m in self.methods for c in (self.categories if METHODS[m].uses_gradient else (None,))]
 
 
-def explain_batch(weights, batch, job, device):
+def explain_batch(weights, batch, job, device, method, category):
     """[(path, (H, W, 3) uint8 picture, (3, 224, 224) its to_input)] -> [PictureResult]: one model
-    run, through explain() or explain_by_layer's two steps, and the perturbation test where
-    asked. Results hold numpy arrays, for the writer threads."""
+    run of ``method`` (for ``category``, or None), through explain() or explain_by_layer's two
+    steps, and the perturbation test where asked. Results hold numpy arrays, for the writer
+    threads."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
-        logits, attentions, gradients = run_method(weights, inputs, job.method, job.category)
-        by_layer, own = maps_by_layer(job.method, attentions, gradients, job.head_fusions, job.discard_ratio)
+        logits, attentions, gradients = run_method(weights, inputs, method, category)
+        by_layer, own = maps_by_layer(method, attentions, gradients, job.head_fusions, job.ratio(method))
         maps = {f: m[-1] for f, m in by_layer.items()}  # through all L layers: explain()'s map
         attentions = torch.stack(attentions, dim=1).cpu().numpy() if job.html else None  # (B, L, H, N, N)
     else:
-        logits, maps = explain(weights, inputs, job.method, category=job.category, head_fusions=job.head_fusions,
-                               discard_ratio=job.discard_ratio)
+        logits, maps = explain(weights, inputs, method, category=category, head_fusions=job.head_fusions,
+                               discard_ratio=job.ratio(method))
     probabilities = logits.softmax(dim=-1).cpu().numpy()
     results = []
     for row, (path, picture, _) in enumerate(batch):
         grids = {f: m[row] for f, m in maps.items()}
-        category = job.category if job.category is not None else int(probabilities[row].argmax())
+        explained = category if category is not None else int(probabilities[row].argmax())
         results.append(PictureResult(
             path, picture, probabilities[row], {f: g.cpu().numpy() for f, g in grids.items()},
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
                     for f in job.head_fusions} if job.per_layer or job.html else {},
-            category=category,
-            faithfulness=perturbation_test(weights, inputs[row], grids, category) if job.evaluate else None,
-            method=job.method, attentions=attentions[row] if job.html else None, model=job.model))
+            category=explained,
+            faithfulness=perturbation_test(weights, inputs[row], grids, explained) if job.evaluate else None,
+            method=method, attentions=attentions[row] if job.html else None, model=job.model,
+            discard_ratio=job.ratio(method)))
     return results
 
 
@@ -96,112 +112,147 @@ class DiskFull(Exception):
 
 
 def run(paths, weights, job, device, printout=None):
-    """Explain every picture of ``paths`` with ``weights`` (on ``device``), printing each one's
-    report and files as it is written, through ``printout`` (console.Printout; by default one on
-    sys.stdout) -> the number of pictures that failed.
+    """Explain every picture of ``paths`` with ``weights`` (on ``device``) by each of the job's
+    explanations, printing each one's lines and files as it is written, through ``printout``
+    (console.Printout; by default one on sys.stdout) -> the number of pictures that failed.
 
     A picture that cannot be read is reported and skipped, unless it is the only one: then its
-    ImageError is raised before anything is written. A picture whose map is not finite (weights
-    that overflow on it) is reported and skipped, its files never written. A full disk stops the
-    run: writes not yet begun are dropped, no batch is started, and DiskFull is raised once the
-    writes under way have ended.
+    ImageError is raised before anything is written. An explanation whose map is not finite
+    (weights that overflow on the picture) is reported and skipped, its files never written. A
+    full disk stops the run: writes not yet begun are dropped, no batch is started, and DiskFull
+    is raised once the writes under way have ended. A run of several pictures ends with
+    predictions.csv (predictions-2.csv, ... where taken) and a summary line.
     """
     from tqdm import tqdm
 
     printout = printout or Printout()
-
+    explanations = job.explanations()
     keep_freed_memory()
     # Pillow warns about files it reads well (palette transparency, odd EXIF fields): a run
     # reports only what stops a picture.
     warnings.filterwarnings("ignore", module=r"PIL\.")
-    names = Names(job.output_dir, file_tag(job.method, job.head_fusions, job.discard_ratio, job.category, job.model))
+    names = {(m, c): Names(job.output_dir, file_tag(m, job.head_fusions, job.ratio(m), c, job.model))
+             for m, c in explanations}
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
-    finished, failures, full, entries = 0, 0, None, []
+    finished, failed, full, entries, predicted = set(), set(), None, [], {}
+    unwritten = 0  # the report or the predictions, when they could not be written
+    printed_last = None  # the number of the picture whose lines were printed last
     disk_full = threading.Event()
 
     def write_unless_full(result, endings, targets):
-        """-> the lines to print, and the picture's entry in the report (or None)."""
+        """-> the paths written and notes, and the result's entry in the report (or None)."""
         if disk_full.is_set():
             return None  # dropped: the run is stopping
         try:
-            lines, targets = write(result, endings, names, targets)
-            return lines, report_entry(result, targets["overlay"]) if job.report else None
+            files, notes = write(result, endings, names[result.method, _asked(result)], targets, job.look)
+            return files, notes, report_entry(result, files["overlay"]) if job.report else None
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 disk_full.set()
             raise
 
-    def collect(write_future):
+    def collect(number, result, write_future):
         """Print a write's lines above the progress bar, or count its failure."""
-        nonlocal finished, failures, full
+        nonlocal full, printed_last
         try:
             written = write_future.result()
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 full = full or error  # reported once, for the whole run
             else:
-                failures += 1
+                failed.add(number)
                 print(f"cannot write results: {error}", file=sys.stderr)
         else:
             if written is not None:
-                lines, entry = written
-                with bar.external_write_mode():  # above the progress bar
-                    printout.line("\n".join(lines))
-                finished += 1
+                files, notes, entry = written
+                lines = printed(result, files, notes, job.quiet, first=printed_last != number)
+                printed_last = number
+                if lines:
+                    with bar.external_write_mode():  # above the progress bar
+                        printout.line("\n".join(lines))
+                finished.add(number)
                 entries.extend([entry] if entry else [])
 
     with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(2) as writers, \
             tqdm(total=len(paths), unit="picture", disable=None if len(paths) > 1 else True) as bar:
         decode = lambda batch: [decoders.submit(_read, path) for path in batch]
         decoding, writes = decode(batches[0]), []
-        for batch, following in zip(batches, batches[1:] + [[]]):
+        for index, (batch, following) in enumerate(zip(batches, batches[1:] + [[]])):
             with torch_threads(1):  # the workers have the cores (module docstring)
                 decoded = [_with_input(future.result()) for future in decoding]
             while writes and not overlap_model:  # on the CPU, the model waits for every write
-                collect(writes.pop(0))
+                collect(*writes.pop(0))
             if disk_full.is_set():
                 break
             if overlap_model:
                 decoding = decode(following)
-            good = []
-            for path, made in zip(batch, decoded):
+            good, numbers = [], []
+            for number, (path, made) in enumerate(zip(batch, decoded), start=index * job.batch_size):
                 if not isinstance(made, ImageError):
                     good.append((path, *made))
+                    numbers.append(number)
                 elif len(paths) == 1:
                     raise made
                 else:
-                    failures += 1
+                    failed.add(number)
                     bar.write(f"skipped {made}", file=sys.stderr)
-            for result in explain_batch(weights, good, job, device) if good else []:
-                if result.not_finite():
-                    failures += 1
-                    bar.write(f"skipped {result.path}: {result.not_finite()}; nothing written", file=sys.stderr)
-                    continue
-                endings = file_endings(result, job.save_grid, job.per_layer)
-                targets = names.claim(result.path, endings)  # here, so names follow picture order
-                writes.append(writers.submit(write_unless_full, result, endings, targets))
+            by_explanation = [explain_batch(weights, good, job, device, *e) for e in explanations] if good else []
+            for number, results in zip(numbers, zip(*by_explanation)):  # each picture's explanations together
+                for result in results:
+                    reason = result.not_finite()
+                    if reason:
+                        failed.add(number)
+                        bar.write(f"skipped {result.path}{_which(result, explanations)}: {reason}; nothing written",
+                                  file=sys.stderr)
+                        continue
+                    predicted.setdefault((number, result.category), result)
+                    endings = file_endings(result, job.save_grid, job.per_layer)
+                    targets = names[result.method, _asked(result)].claim(result.path, endings)  # in picture order
+                    writes.append((number, result, writers.submit(write_unless_full, result, endings, targets)))
             if not overlap_model:
                 decoding = decode(following)
-            while writes and writes[0].done():  # print in picture order
-                collect(writes.pop(0))
+            while writes and writes[0][2].done():  # print in picture order
+                collect(*writes.pop(0))
             bar.update(len(batch))
-        for future in writes:
-            collect(future)
+        for write_ in writes:
+            collect(*write_)
+    done = len(finished - failed)
     if full:
-        raise DiskFull(f"{job.output_dir}: {full.strerror.lower()}: the run stopped with {finished} of "
+        raise DiskFull(f"{job.output_dir}: {full.strerror.lower()}: the run stopped with {done} of "
                        f"{len(paths)} pictures written, each whole (those listed above); nothing "
                        "partial was left")
-    if entries:
-        try:
-            printout.line("\n".join(str(path) for path in write_report(entries, job)))
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(f"{job.output_dir}: {error.strerror.lower()}: no report was written; the "
-                               f"{finished} pictures listed above are whole") from None
-            print(f"cannot write the report: {error}", file=sys.stderr)
-            failures += 1
-    return failures
+    extras = []
+    try:
+        if entries:
+            extras += write_report(entries, job)
+        if len(paths) > 1 and predicted:
+            extras.append(write_predictions([predicted[k] for k in sorted(predicted) if k[0] in finished], job))
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"{job.output_dir}: {error.strerror.lower()}: no report or predictions were "
+                           f"written; the {done} pictures listed above are whole") from None
+        print(f"cannot write the report or predictions: {error}", file=sys.stderr)
+        unwritten = 1
+    if extras and job.quiet < 2:
+        printout.line("\n".join(map(str, extras)))
+    if len(paths) > 1:
+        printout.line(f"{done} of {len(paths)} pictures explained ({len(explanations)} explanation"
+                      f"{'s' * (len(explanations) > 1)} each); results in {job.output_dir}")
+    return len(failed) + unwritten
+
+
+def _asked(result):
+    """The category a result was asked for: its class for a method that uses the gradient, else None."""
+    return result.category if METHODS[result.method].uses_gradient else None
+
+
+def _which(result, explanations):
+    """' (gradient-rollout, class 87)' where a run has several explanations, else ''."""
+    if len(explanations) == 1:
+        return ""
+    method = METHODS[result.method]
+    return f" ({method.file_name}" + (f", class {result.category})" if method.uses_gradient else ")")
 
 
 def _read(path):

@@ -1,48 +1,78 @@
-"""The report a student hands in (--report): report.md and report.html in the output folder.
+"""The report a student hands in (--report): report.html and report.md in the output folder.
 
-Per picture: its overlay (every fusion side by side, labelled), its top-5 classes and its
-faithfulness table; then, over all pictures, each fusion's mean positive and negative AUC and
-how often it was the most faithful. The files link the overlays by relative path, so the
-Markdown pastes into a report as it is, beside the PNGs. An earlier report is never
-overwritten: the next free report-2, report-3, ... is taken.
+First what the run found: for each explanation (method, and class where the method explains
+one), each head fusion's mean positive and negative AUC over all pictures and how often it was
+the most faithful, and a paragraph that says which fusion scored best, in the run's numbers.
+Then each picture, headed by its file name: its top-5 classes, and for each explanation its
+result figure, faithfulness table and curves.
 
-numpy only: it runs beside the writer threads, without torch.
+report.html is one self-contained file -- the figures embedded (PNG, compressed), the curves as
+SVG (curves.py), no script, nothing fetched -- so it can be handed in or printed as it is.
+report.md links the figures by relative path, to paste into a report beside the PNGs. An
+earlier report is never overwritten: the next free report-2, report-3, ... is taken.
+
+numpy and Pillow only, no torch.
 """
+import base64
 import datetime
 import html
+import io
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
-from .labels import class_names, short_name, top
+from .curves import curves_svg
+from .labels import short_name, top
 from .model import ARCHITECTURES
 from .outputs import ratio_text
 from .rollout import METHODS
-from .writing import discard, publish, stage, write_text
+from .writing import write_new, write_text
 
-RULE = ("Perturbation test (Chefer et al. 2021): the most relevant patches removed first should make "
-        "the class's probability fall fast (lower positive AUC is better), the least relevant first "
-        "should keep it (higher negative AUC is better). A fusion is the most faithful for a picture "
-        "where negative AUC - positive AUC is largest; ties count for each.")
+RULE = ("Perturbation test (Chefer et al. 2021): the patches of the 14x14 grid are removed (set to the "
+        "mean colour) in the map's order, 10%, 20%, ..., 90% of them, and the model's probability for the "
+        "class is read after each step. The area under that curve, from 0 to 0.9 removed (the untouched "
+        "picture included), is the AUC. Most relevant first (positive): a faithful map makes the "
+        "probability fall fast, so lower is better. Least relevant first (negative): it should hold, so "
+        "higher is better. A fusion is the most faithful for a picture where negative minus positive AUC "
+        "is largest; ties count for each.")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """What the report says of one picture."""
+    """What the report says of one picture's explanation."""
     picture: str           # the picture's path, as given
-    overlay: str           # the overlay's file name, in the output folder
+    overlay: str           # the result figure's path
     top5: list             # [(probability, class index, class name)]
-    category: int          # the class the faithfulness is scored for
+    method: str            # a key of rollout.METHODS
+    category: int          # the class explained (a gradient method's), or the top class, which is scored
     faithfulness: dict     # head fusion -> perturbation-test scores (evaluate.py)
+    discard_ratio: float
 
 
 def entry(result, overlay):
-    """A PictureResult scored by --evaluate, and its overlay's path -> its Entry."""
-    return Entry(str(result.path), Path(overlay).name, top(result.probabilities), result.category,
-                 result.faithfulness)
+    """A PictureResult scored by --evaluate, and its figure's path -> its Entry."""
+    return Entry(str(result.path), str(overlay), top(result.probabilities), result.method, result.category,
+                 result.faithfulness, result.discard_ratio)
+
+
+def explanation(e):
+    """What an entry explains, as a heading: the method, its class where it explains one, and
+    its discard ratio."""
+    method = METHODS[e.method]
+    return (method.title + (f" for class {e.category}, {short_name(e.category)}" if method.uses_gradient else "")
+            + f" (discard ratio {ratio_text(e.discard_ratio)})")
+
+
+def explanations(entries):
+    """The entries grouped by what they explain, in the run's order -> {heading: [Entry]}."""
+    groups = {}
+    for e in entries:
+        groups.setdefault(explanation(e), []).append(e)
+    return groups
 
 
 def summary(entries):
@@ -56,79 +86,131 @@ def summary(entries):
             for k, f in enumerate(fusions)}
 
 
-def link(name):
-    """A file name in the output folder as a relative URL: its bytes percent-encoded, so any
-    name the file system holds (spaces, a Latin-1 name's raw bytes) links to the file."""
-    return quote(os.fsencode(name))
+def finding(heading, entries):
+    """The paragraph that says, in the run's numbers, which fusion scored best for one explanation."""
+    scores = summary(entries)
+    count = pictures(len(entries))
+    scored = "the class explained" if METHODS[entries[0].method].uses_gradient else "each picture's top class"
+    if len(scores) == 1:
+        [(fusion, (positive, negative, _))] = scores.items()
+        return (f"{heading}, {fusion} fusion, over {count}, scored for {scored}: mean positive AUC "
+                f"{positive:.3f}, mean negative AUC {negative:.3f}.")
+    margin = {f: round(n - p, 4) for f, (p, n, _) in scores.items()}  # as the tables show them
+    best = [f for f in scores if margin[f] == max(margin.values())]
+    if len(best) == len(scores):
+        return (f"{heading}, over {count}, scored for {scored}: the fusions tied, each with a mean negative "
+                f"minus positive AUC of {margin[best[0]]:.4f}.")
+    others = ", ".join(f"{margin[f]:.4f} ({f})" for f in scores if f not in best)
+    positive, negative, wins = scores[best[0]]
+    winner = f"{best[0]} fusion scored" if len(best) == 1 else f"{' and '.join(best)} fusion tied,"
+    return (f"{heading}, over {count}, scored for {scored}: {winner} best, with a mean negative minus "
+            f"positive AUC of {margin[best[0]]:.4f} (positive {positive:.4f}, negative {negative:.4f}) against "
+            f"{others}; it was the most faithful on {wins} of {len(entries)}.")
+
+
+def pictures(count):
+    return f"{count} picture{'s' * (count != 1)}"
 
 
 def title(job):
     return f"Which parts of the pictures {ARCHITECTURES[job.model].title} looks at"
 
 
-def heading(job):
-    method = METHODS[job.method]
-    what = method.title + (f" for class {job.category}, {class_names()[job.category]}" if method.uses_gradient else "")
-    return (f"{what}; head fusions {', '.join(job.head_fusions)}; discard ratio {ratio_text(job.discard_ratio)}; "
-            f"{ARCHITECTURES[job.model].title}; {datetime.date.today():%Y-%m-%d}")
+def heading(job, entries):
+    what = "; ".join(explanations(entries))
+    return (f"{what}. Head fusions {', '.join(job.head_fusions)}; "
+            f"{ARCHITECTURES[job.model].title}; {pictures(len(by_picture(entries)))}; "
+            f"{datetime.date.today():%Y-%m-%d}.")
+
+
+def by_picture(entries):
+    """-> [(picture, [Entry])]: the entries of each picture together, in the run's order."""
+    pictures = {}
+    for e in entries:
+        pictures.setdefault(e.picture, []).append(e)
+    return list(pictures.items())
+
+
+def link(path):
+    """A file in the output folder as a relative URL: its name's bytes percent-encoded, so any
+    name the file system holds (spaces, a Latin-1 name's raw bytes) links to the file."""
+    return quote(os.fsencode(Path(path).name))
 
 
 def markdown(entries, job):
-    """The report as Markdown: each picture, then the summary."""
-    lines = [f"# {title(job)}", "", heading(job), ""]
-    for e in entries:
-        lines += [f"## {e.picture}", "", f"![{Path(e.picture).name}: {' | '.join(e.faithfulness)}]({link(e.overlay)})", "",
-                  "| p | class | name |", "|---:|---:|---|",
-                  *(f"| {p:.3f} | {i} | {n} |" for p, i, n in e.top5), "",
-                  f"Faithfulness for class {e.category}, {short_name(e.category)}:", "",
-                  "| fusion | positive AUC | negative AUC |", "|---|---:|---:|",
-                  *(f"| {f} | {s['positive_auc']:.4f} | {s['negative_auc']:.4f} |" for f, s in e.faithfulness.items()), ""]
-    lines += [f"## Which fusion is the most faithful? All {len(entries)} pictures", "", RULE, "",
-              "| fusion | mean positive AUC | mean negative AUC | most faithful for |", "|---|---:|---:|---:|",
-              *(f"| {f} | {p:.4f} | {n:.4f} | {w} of {len(entries)} |" for f, (p, n, w) in summary(entries).items()), ""]
+    """The report as Markdown: what the run found, then each picture, the figures linked."""
+    auc_table = lambda rows: ["| fusion | positive AUC | negative AUC |", "|:---|---:|---:|", *rows, ""]
+    lines = [f"# {title(job)}", "", heading(job, entries), "", "## What the run found", "", RULE, ""]
+    for name, group in explanations(entries).items():
+        lines += [finding(name, group), "", "| fusion | mean positive AUC | mean negative AUC | most faithful for |",
+                  "|:---|---:|---:|---:|",
+                  *(f"| {f} | {p:.4f} | {n:.4f} | {w} of {len(group)} |" for f, (p, n, w) in summary(group).items()), ""]
+    for picture, group in by_picture(entries):
+        lines += [f"## {Path(picture).name}", "", *([f"`{picture}`", ""] if Path(picture).name != picture else []),
+                  "| p | class | name |", "|---:|---:|:---|",
+                  *(f"| {p:.3f} | {i} | {n} |" for p, i, n in group[0].top5), ""]
+        for e in group:
+            lines += [f"### {explanation(e)}", "", f"![{Path(picture).name}: {explanation(e)}]({link(e.overlay)})", "",
+                      *auc_table([f"| {f} | {s['positive_auc']:.4f} | {s['negative_auc']:.4f} |"
+                                  for f, s in e.faithfulness.items()])]
     return "\n".join(lines)
 
 
+def embedded(path):
+    """A PNG result figure as a data: URL, recompressed (the run writes its PNGs uncompressed,
+    for speed; here size matters more)."""
+    from PIL import Image
+    buffer = io.BytesIO()
+    with Image.open(path) as figure:
+        figure.save(buffer, format="PNG", compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+STYLE = ("body{font:15px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;padding:0 1em}"
+         "img{max-width:100%;height:auto}td,th{padding:.15em .7em;border-bottom:1px solid #ddd;text-align:left}"
+         "td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}table{border-collapse:collapse;margin:.5em 0}"
+         "h2{margin-top:2em;border-top:1px solid #ccc;padding-top:.6em}.path{color:#666;font-size:.85em}"
+         ".curves{display:flex;flex-wrap:wrap;gap:1em}.rule{color:#444;font-size:.92em}")
+
+
 def html_page(entries, job):
-    """The report as an HTML page, the overlays linked by relative path."""
+    """The report as one self-contained HTML page."""
     e_ = html.escape
-    table = lambda head, rows: ("<table><tr>" + "".join(f"<th>{e_(h)}</th>" for h in head) + "</tr>"
-                                + "".join("<tr>" + "".join(f"<td>{e_(str(c))}</td>" for c in row) + "</tr>"
-                                          for row in rows) + "</table>")
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>deit-explain report</title>",
-             "<style>body{font:15px/1.4 system-ui,sans-serif;margin:1.5em;max-width:1100px}img{max-width:100%}"
-             "td,th{padding:.15em .7em;border-bottom:1px solid #ddd;text-align:right}"
-             "table{border-collapse:collapse;margin:.5em 0}</style></head><body>",
-             f"<h1>{title(job)}</h1>", f"<p>{e_(heading(job))}</p>"]
-    for e in entries:
-        parts += [f"<h2>{e_(e.picture)}</h2>", f"<img src='{link(e.overlay)}' alt='{e_(Path(e.picture).name)}'>",
-                  table(["p", "class", "name"], [(f"{p:.3f}", i, n) for p, i, n in e.top5]),
-                  f"<p>Faithfulness for class {e.category}, {e_(short_name(e.category))}:</p>",
-                  table(["fusion", "positive AUC", "negative AUC"],
-                        [(f, f"{s['positive_auc']:.4f}", f"{s['negative_auc']:.4f}") for f, s in e.faithfulness.items()])]
-    parts += [f"<h2>Which fusion is the most faithful? All {len(entries)} pictures</h2>", f"<p>{e_(RULE)}</p>",
-              table(["fusion", "mean positive AUC", "mean negative AUC", "most faithful for"],
-                    [(f, f"{p:.4f}", f"{n:.4f}", f"{w} of {len(entries)}") for f, (p, n, w) in summary(entries).items()]),
-              "</body></html>", ""]
+
+    def table(head, rows, numeric):
+        cell = lambda tag, k, text: f"<{tag}{' class=n' if numeric[k] else ''}>{e_(str(text))}</{tag}>"
+        return ("<table><tr>" + "".join(cell("th", k, h) for k, h in enumerate(head)) + "</tr>"
+                + "".join("<tr>" + "".join(cell("td", k, c) for k, c in enumerate(row)) + "</tr>" for row in rows)
+                + "</table>")
+
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+             "style-src 'unsafe-inline'\">",
+             f"<title>{e_(title(job))}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{e_(title(job))}</h1>", f"<p>{e_(heading(job, entries))}</p>", "<h2>What the run found</h2>"]
+    for name, group in explanations(entries).items():
+        parts += [f"<p>{e_(finding(name, group))}</p>",
+                  table(["fusion", "mean positive AUC", "mean negative AUC", "most faithful for"],
+                        [(f, f"{p:.4f}", f"{n:.4f}", f"{w} of {len(group)}") for f, (p, n, w) in summary(group).items()],
+                        (False, True, True, True))]
+    parts.append(f"<p class='rule'>{e_(RULE)}</p>")
+    for picture, group in by_picture(entries):
+        parts += [f"<h2>{e_(Path(picture).name)}</h2>",
+                  *([f"<p class='path'>{e_(picture)}</p>"] if Path(picture).name != picture else []),
+                  table(["p", "class", "name"], [(f"{p:.3f}", i, n) for p, i, n in group[0].top5], (True, True, False))]
+        for e in group:
+            parts += [f"<h3>{e_(explanation(e))}</h3>",
+                      f"<img src='{embedded(e.overlay)}' alt='{e_(Path(picture).name)}: {e_(explanation(e))}'>",
+                      table(["fusion", "positive AUC", "negative AUC"],
+                            [(f, f"{s['positive_auc']:.4f}", f"{s['negative_auc']:.4f}") for f, s in e.faithfulness.items()],
+                            (False, True, True)),
+                      f"<div class='curves'>{curves_svg(e.faithfulness, short_name(e.category))}</div>"]
+    parts += ["</body></html>", ""]
     return "\n".join(parts)
 
 
 def write_report(entries, job):
-    """Write report.md and report.html (or the next free report-n pair) in job.output_dir ->
+    """Write report.html and report.md (or the next free report-n pair) in job.output_dir ->
     their paths. Both appear together, and never in place of an existing file."""
-    folder = Path(job.output_dir)
-    texts = {".md": markdown(entries, job), ".html": html_page(entries, job)}
-    staged = {}
-    try:
-        for suffix, text in texts.items():
-            staged[suffix] = stage(folder, f"report{suffix}", lambda file, t=text: write_text(file, t))
-        for n in range(1, 10_000):
-            targets = {suffix: folder / f"report{'' if n == 1 else f'-{n}'}{suffix}" for suffix in texts}
-            try:
-                publish(staged, targets)
-                return list(targets.values())
-            except FileExistsError:
-                continue
-        raise RuntimeError(f"{folder}: no free report name")
-    finally:
-        discard(staged)
+    return write_new(job.output_dir, "report", {".html": partial(write_text, text=html_page(entries, job)),
+                                                ".md": partial(write_text, text=markdown(entries, job))})

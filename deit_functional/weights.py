@@ -33,6 +33,9 @@ RELEASE_FILES = {"deit_tiny_patch16_224": "deit_tiny_patch16_224-a1311bcf.pth",
                  "deit_small_patch16_224": "deit_small_patch16_224-cd65a155.pth",
                  "deit_base_patch16_224": "deit_base_patch16_224-b5f2ef4d.pth"}
 PROBE_SECONDS = 5.0
+WEIGHTS_VARIABLE = "DEIT_EXPLAIN_WEIGHTS"  # names a local checkpoint once, for every run without --weights
+RELEASE_URL = "https://dl.fbaipublicfiles.com/deit/"  # the official DeiT release (Touvron et al.), + file name
+HUB_URL = "https://huggingface.co/"
 
 # timm's names -> transformers', by prefix ({i}: the block). The three of qkv are stacked in
 # this order along the output dimension, as timm's qkv holds them.
@@ -99,13 +102,21 @@ def load_weights(source=None, device="cpu", model=DEFAULT_MODEL):
     ``source`` may be a timm model (its parameters are copied), a state dict in either naming, a
     path to a local checkpoint (the official DeiT release ``{"model": state_dict}`` .pth, a state
     dict in .pth/.bin or .safetensors, or a folder that transformers' ``save_pretrained`` wrote),
-    or None for the pretrained weights from a local cache (the DeiT release's, timm's or
-    transformers'), else downloaded from timm's hub repo. Raises WeightsError naming the problem.
+    or None: the checkpoint the environment variable DEIT_EXPLAIN_WEIGHTS names, else the
+    pretrained weights from a local cache (the DeiT release's, timm's or transformers'), else
+    downloaded from timm's hub repo. Raises WeightsError naming the problem.
     (A transformers model object is not read: transformers 5 names its parameters otherwise
     inside; the files it writes keep the names above.)
     """
     if model not in ARCHITECTURES:
         raise WeightsError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if source is None and os.environ.get(WEIGHTS_VARIABLE):
+        path = Path(os.environ[WEIGHTS_VARIABLE])
+        try:
+            state = _read_file(_checkpoint_file(path, model))
+            return _nest(_in_timm_names(state, model), device, model)
+        except WeightsError as error:
+            raise WeightsError(f"{error} (the file ${WEIGHTS_VARIABLE} names)") from None
     if source is None:
         state = _read_file(_pretrained_file(model))
     elif isinstance(source, (str, os.PathLike)):
@@ -308,8 +319,7 @@ def _pretrained_file(model):
         if isinstance(found, str):
             return Path(found)
     title = ARCHITECTURES[model].title
-    how = (f"pass a local checkpoint instead, e.g. --weights {RELEASE_FILES[model]} (the official "
-           f"DeiT release), timm's model.safetensors or the folder of {transformers_hub_repo(model)}")
+    how = f"fetch them where there is network ({fetch_command(model)}), then pass --weights or set {WEIGHTS_VARIABLE}"
     if constants.HF_HUB_OFFLINE:
         raise WeightsError(f"pretrained {title} weights are not in the local cache and "
                            f"HF_HUB_OFFLINE is set; {how}")
@@ -320,6 +330,12 @@ def _pretrained_file(model):
         return Path(hf_hub_download(timm_hub_repo(model), TIMM_FILE))
     except Exception as error:
         raise WeightsError(f"could not download pretrained {title} weights ({error}); {how}") from None
+
+
+def fetch_command(model=DEFAULT_MODEL):
+    """The command that downloads ``model``'s official release file, and where else it is."""
+    return (f"curl -LO {RELEASE_URL}{RELEASE_FILES[model]}; or {HUB_URL}{timm_hub_repo(model)}, "
+            f"{HUB_URL}{transformers_hub_repo(model)}")
 
 
 def _reachable(url):

@@ -87,6 +87,27 @@ def discard(staged):
         temporary.unlink(missing_ok=True)
 
 
+def write_new(folder, stem, saves):
+    """Write files {suffix: save(file)} under the first free ``stem`` in ``folder`` (stem-2,
+    stem-3, ... where one of them is taken) -> their paths. They appear together, and never in
+    place of an existing file."""
+    folder = Path(folder)
+    staged = {}
+    try:
+        for suffix, save in saves.items():
+            staged[suffix] = stage(folder, f"{stem}{suffix}", save)
+        for n in range(1, 10_000):
+            targets = {suffix: folder / f"{stem}{'' if n == 1 else f'-{n}'}{suffix}" for suffix in saves}
+            try:
+                publish(staged, targets)
+                return list(targets.values())
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"{folder}: no free name for {stem}")
+    finally:
+        discard(staged)
+
+
 def write_atomically(path, save):
     """Write ``path`` whole through ``save(file)`` (as stage), replacing what is there (for
     regenerated files such as the docs' figures, not for results)."""

@@ -19,9 +19,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deit_functional import explain, explain_by_layer, load_image, load_weights, to_input  # noqa: E402
-from deit_functional.drawing import (curves_figure, join, labelled, layer_figure, overlay, to_height,  # noqa: E402
-                                     upsample)
+from deit_functional.drawing import (curves_figure, grey, join, labelled, layer_figure, overlay,  # noqa: E402
+                                     result_figure, to_height, upsample)
 from deit_functional.evaluate import perturbation_test  # noqa: E402
+from deit_functional.outputs import PictureResult, title  # noqa: E402
 from deit_functional.rollout import HEAD_FUSIONS, METHODS  # noqa: E402
 from deit_functional.writing import write_atomically  # noqa: E402
 from deit_functional.weights import expected_shapes  # noqa: E402
@@ -43,13 +44,6 @@ def panels(picture, grids, labels, backdrop=None):
     backdrop = picture if backdrop is None else backdrop
     drawn = [picture] + [overlay(backdrop, upsample(g, picture.shape[:2])) for g in grids]
     return [labelled(panel, label) for panel, label in zip(drawn, labels, strict=True)]
-
-
-def grey(picture):
-    """A grey copy of an (H, W, 3) uint8 picture, for drawing maps over the planted scene: on the
-    saturated squares themselves the JET colours would mix with red and blue and be hard to read."""
-    luma = picture.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.repeat((luma + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def figure_a(weights, picture, x):
@@ -115,6 +109,16 @@ def figure_f(weights, picture, x):
               f"median patch {float(grid.median()):.4f}")
 
 
+def figure_g(weights, picture, x):
+    """What gradient_rollout.py --category 258 writes for the planted scene: the homework's
+    dog-and-parrot case, the class whose square is blue."""
+    logits, maps = explain(weights, x[None], "gradient", category=BLUE_CLASS, discard_ratio=0.9)
+    result = PictureResult("scene.png", picture, logits.softmax(dim=-1)[0].numpy(), {"mean": maps["mean"][0].numpy()},
+                           category=BLUE_CLASS, method="gradient", discard_ratio=0.9)
+    save("g_result_figure.png", result_figure(picture, {"mean fusion, red = most relevant": result.maps["mean"]},
+                                              title(result)))
+
+
 def random_state_dict(seed=0):
     """Seeded random DeiT-tiny weights: N(0, 0.02^2) matrices and embeddings, zero biases,
     LayerNorms at scale 1 -- a model that has learnt nothing."""
@@ -175,6 +179,7 @@ def main():
     figure_d(weights, x)
     figure_e()
     figure_f(weights, picture, x)
+    figure_g(weights, picture, x)
     print(f"done in {time.perf_counter() - start:.1f} s")
 
 

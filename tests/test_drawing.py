@@ -1,10 +1,13 @@
 """Drawing: colours, blending, pixel alignment of the upsampled mask, panels, the curves plot."""
 import numpy as np
+import pytest
 import torch
 
-from deit_functional.drawing import (curves_figure, jet, join, labelled, layer_figure, overlay, to_height,
-                                     upsample)
+from deit_functional.drawing import (curves_figure, grey, jet, join, labelled, layer_figure, overlay, stretched,
+                                     to_height, upsample)
 from deit_functional.evaluate import FRACTIONS, auc
+
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
 
 
 def test_jet_runs_from_dark_blue_to_dark_red():
@@ -76,25 +79,31 @@ def test_labelled_puts_the_text_in_a_white_band_above():
 
 
 def test_per_layer_figure_has_the_expected_panels_labels_and_size():
+    """Each panel is its map over the grey picture, stretched to the panel's own range (which
+    its heading gives), in both rows; white gaps; a title, row titles and a colour key."""
     picture = np.random.default_rng(0).integers(0, 256, (150, 300, 3), dtype=np.uint8)
     by_layer = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(1))
-    own = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(2))
+    own = torch.rand(12, 14, 14, generator=torch.Generator().manual_seed(2)) * 0.1 + 0.5  # narrow ranges
     figure = layer_figure(picture, by_layer, own, "a title", height=100, gap=8)
-    title, row_title, layer_label = 24, 21, 21  # bands of 16, 14 and 14-pixel text
-    tops = (title + row_title + layer_label, title + row_title + layer_label + 100 + 8 + row_title)
-    assert figure.shape == (tops[1] + 100, 12 * 200 + 11 * 8, 3)
-    small = to_height(picture, 100)
+    title, row_title, layer_label, key = 24, 21, 21 + 17, 21 + 10  # bands of 16- and 14-pixel text
+    tops = (title + row_title + layer_label, title + row_title + layer_label + 100 + 8 + row_title + layer_label)
+    assert figure.shape == (tops[1] + 100 + 8 + key, 12 * 200 + 11 * 8, 3)
+    back = grey(to_height(picture, 100))
     for top, grids in zip(tops, (by_layer, own)):
         for layer in (0, 5, 11):
             left = layer * 208
-            expected = overlay(small, upsample(grids[layer], (100, 200)))
+            grid = grids[layer].numpy()
+            expected = overlay(back, stretched(upsample(grid, (100, 200)), grid.min(), grid.max()))
             np.testing.assert_array_equal(figure[top:top + 100, left:left + 200], expected)
     assert all(np.all(figure[top:top + 100, 200:208] == 255) for top in tops)  # white gaps between panels
     labels = [figure[tops[0] - layer_label:tops[0], l * 208:l * 208 + 200] for l in range(12)]
     assert all((label.min(axis=2) < 128).any() for label in labels)  # every column headed ...
-    assert len({label.tobytes() for label in labels}) == 12  # ... by its own number
-    for band in (figure[:title], figure[title:title + row_title], figure[tops[0] + 108:tops[1]]):
-        assert (band.min(axis=2) < 128).any()  # the title and both row titles are written
+    assert len({label.tobytes() for label in labels}) == 12  # ... by its own number and range
+    for band in (figure[:title], figure[title:title + row_title], figure[tops[0] + 108:tops[1] - layer_label],
+                 figure[-key:-10]):
+        assert (band.min(axis=2) < 128).any()  # the title, both row titles and the key are written
+    np.testing.assert_array_equal(figure[-10:, :600], np.repeat(jet(np.linspace(0, 1, 600, dtype=np.float32))[None],
+                                                               10, axis=0))  # the key's strip
 
 
 def test_curves_figure_plots_every_fusions_curves_with_their_areas():

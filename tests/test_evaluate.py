@@ -70,8 +70,11 @@ def test_evaluate_and_per_layer_write_their_files(planted_run):
     assert result.returncode == 0, result.stderr
     files = [Path(line) for line in result.stdout.splitlines() if line.startswith(str(folder))]
     layers = [f for f in files if "layer" in f.name]
-    assert len(layers) == 3 and all(np.asarray(Image.open(f)).shape == (24 + 21 + 21 + 112 + 8 + 21 + 112, 12 * 146 + 11 * 8, 3)
-                                    for f in layers)
+    # title (16-px text: 24), per row: its title (21), the layers' two-line headings (21 + 17),
+    # 112-px panels; a gap (8) between; then the colour key: its line (21) and a 10-px strip
+    rows = 21 + 21 + 17 + 112
+    assert len(layers) == 3 and all(np.asarray(Image.open(f)).shape == (24 + rows + 8 + rows + 8 + 21 + 10,
+                                                                        12 * 146 + 11 * 8, 3) for f in layers)
     report = json.loads(next(f for f in files if f.suffix == ".json").read_text())
     assert set(report["fusions"]) == {"mean", "min", "max"} and report["category"] == 87
     for scores in report["fusions"].values():

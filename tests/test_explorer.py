@@ -264,3 +264,61 @@ def test_a_larger_deits_page_shows_all_its_heads_with_their_values(browser, phot
     rows = attentions[L - 1][0, :, 1 + 4 * G + 7].numpy()  # (6, N): where patch (4, 7) attends
     assert len(shown) == 6
     assert np.all(np.abs(np.array(shown) - rows[:, 1 + 2 * G + 9]) <= rows.max(axis=-1) / 510 + 5e-5)
+
+
+def test_the_readout_follows_every_change_and_the_panels_say_what_they_show(browser, explored):
+    """Issue #23: the hover readout was left stale by a fusion change or the class-token button;
+    the slider showed no number; the chosen patch was outlined only on the map; nothing said
+    that the head panels show raw attention."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+    page, attention = explored
+    open_page(browser, page)
+    readout = lambda: browser.find_element("id", "readout").text
+    assert browser.find_element("id", "layer-value").text == f"{L} of {L}"
+    heads = browser.find_elements("css selector", "#heads canvas")
+    click_patch(browser, browser.find_element("id", "main"), 5, 8)
+    hover_patch(browser, heads[0], 2, 3)
+    row = attention[L - 1, :, 1 + 5 * G + 8]  # (H, N): where patch (5, 8) attends
+    tolerance = row.max() / 510 + 5e-5
+    assert readout().startswith(f"layer {L}, patch (5, 8) → patch (2, 3):")
+    assert abs(float(re.search(r", mean (\d\.\d{4})$", readout()).group(1)) - row[:, 1 + 2 * G + 3].mean()) <= tolerance
+    # the chosen patch is outlined in white in every head panel, as on the map
+    for canvas in heads:
+        corner = browser.execute_script(
+            "const c = arguments[0], w = c.width / 14, h = c.height / 14;"
+            "return Array.from(c.getContext('2d').getImageData(Math.round(8 * w), Math.round(5 * h), 1, 1).data);",
+            canvas)
+        assert corner[:3] == [255, 255, 255], corner
+    # a fusion change: the readout now fuses by max, for the same patches
+    Select(browser.find_element("id", "fusion")).select_by_value("max")
+    assert abs(float(re.search(r", max (\d\.\d{4})$", readout()).group(1)) - row[:, 1 + 2 * G + 3].max()) <= tolerance
+    # the class-token button: the readout is the class token's, and the outlines are gone
+    browser.find_element("id", "cls").click()
+    assert readout().startswith(f"layer {L}, the class token → patch (2, 3):")
+    corner = browser.execute_script(
+        "const c = arguments[0], w = c.width / 14, h = c.height / 14;"
+        "return Array.from(c.getContext('2d').getImageData(Math.round(8 * w), Math.round(5 * h), 1, 1).data);", heads[0])
+    assert corner[:3] != [255, 255, 255]
+    # the slider: its number and the readout follow it
+    browser.find_element("id", "layer").send_keys(Keys.HOME)
+    assert browser.find_element("id", "layer-value").text == f"1 of {L}"
+    assert readout().startswith("layer 1, the class token → patch (2, 3):")
+    shown = [float(v) for v in re.findall(r"head \d (\d\.\d{4})", readout())]
+    np.testing.assert_allclose(shown, attention[0, :, 0, 1 + 2 * G + 3], atol=float(attention[0, :, 0].max()) / 510 + 5e-5)
+    assert browser.find_element("id", "heads-say").text == "Raw attention, as the model computed it."
+    assert browser.find_element("id", "main-says").text == ("The map: each layer's attention, heads fused, rolled "
+                                                            "out through layers 1..l.")
+
+
+def test_a_gradient_page_says_its_head_panels_are_not_weighted_by_the_gradient(browser, tmp_path, peaked_checkpoint,
+                                                                                photo):
+    result = run(GRADIENT, "--image", photo, "--category", "87", "--weights", peaked_checkpoint, "--html",
+                 "--output-dir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [page] = tmp_path.glob("*_explorer.html")
+    open_page(browser, page)
+    assert browser.find_element("id", "heads-say").text == ("Raw attention, as the model computed it (not weighted "
+                                                            "by the gradient, unlike the map).")
+    assert browser.find_element("id", "main-says").text.startswith(
+        "The map: each layer's attention weighted by the gradient of the class's logit")

@@ -9,6 +9,8 @@ from deit_functional.fast_forms import (_fuse_heads, attention_rollout_cls_row, 
 from deit_functional.model import H, N
 from deit_functional.rollout import HEAD_FUSIONS, fuse_heads
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 B = 3
 
 

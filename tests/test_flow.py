@@ -13,6 +13,8 @@ from deit_functional import METHODS, attention_flow, explain, max_flow
 from deit_functional.max_flow import SCALE, token_flows
 from deit_functional.rollout import HEAD_FUSIONS, discard_lowest, fuse_heads
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 ROOT = str(Path(max_flow.__file__).resolve().parents[1])
 
 

@@ -82,7 +82,7 @@ def test_a_full_standard_output_leaves_the_results_and_says_so_in_one_line(tmp_p
     lines = [line for line in result.stderr.splitlines() if "%|" not in line and line.strip()]  # no progress bar
     assert lines == ["standard output: no space left on device: the printout stopped there; the results were "
                      "written all the same"], result.stderr
-    assert len(results(tmp_path / "out")) == 3 * 2
+    assert len(results(tmp_path / "out")) == 3 * 2 + 1  # and predictions.csv
 
 
 @pytest.mark.parametrize("encoding, name, printed", [
@@ -324,7 +324,7 @@ def test_a_folder_says_why_each_picture_was_skipped_in_the_words_of_a_single_one
     lines = capsys.readouterr().err.splitlines()
     assert status == 1 and f"5 of 11 pictures failed" in lines
     assert sorted(line for line in lines if line.startswith("skipped")) == sorted(f"skipped {m}" for m in alone.values())
-    assert len(results(tmp_path / "out")) == 6 * 2
+    assert len(results(tmp_path / "out")) == 6 * 2 + 1  # and predictions.csv
 
 
 def test_heic_photos_are_read_with_pillow_heif_and_say_what_to_install_without(tmp_path, checkpoint):
@@ -350,7 +350,8 @@ def test_heic_photos_are_read_with_pillow_heif_and_say_what_to_install_without(t
         f"skipped {folder / 'IMG_0001.HEIC'}: not a readable picture: a HEIC picture, and no HEIC decoder is "
         "installed: pip install pillow-heif, or the project's extra: pip install -e '.[heif]'")
     assert [p.name for p in results(tmp_path / "out")] == ["plain_attention-rollout_mean_discard0.9.png",
-                                                           "plain_attention-rollout_mean_discard0.9_mask.npy"]
+                                                           "plain_attention-rollout_mean_discard0.9_mask.npy",
+                                                           "predictions.csv"]
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -381,7 +382,7 @@ def test_names_near_the_file_system_limit_are_shortened_unique_and_recognisable(
                                        "--head-fusion", "all", "--per-layer", "--html", "--save-grid",
                                        "--evaluate", "--output-dir", str(tmp_path / "out")])
     assert status == 0, capsys.readouterr().err
-    written = results(tmp_path / "out")
+    written = [p for p in results(tmp_path / "out") if p.name != "predictions.csv"]
     assert len(written) == 2 * (1 + 3 * 3 + 2 + 1)
     limit = name_limit(tmp_path)
     assert all(len(os.fsencode(p.name)) <= limit for p in written)

@@ -7,6 +7,8 @@ from PIL import Image
 from deit_functional import ImageError, MEAN, STD, load_image, read_picture
 from deit_functional import images as images_module
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 
 def test_preprocessing_constants_equal_timms_pretrained_config(timm_model):
     import timm.data

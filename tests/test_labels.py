@@ -1,7 +1,10 @@
 """The class names kept in the package are timm's, in timm's order; the top-5 lines."""
 import numpy as np
+import pytest
 
 from deit_functional.labels import class_names, top_classes
+
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
 
 
 def test_class_names_equal_timms_imagenet_info():

@@ -10,6 +10,8 @@ from deit_functional import forward, load_weights
 from deit_functional.model import ARCHITECTURES
 from timm_reference import random_timm_model, timm_attention
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 
 def test_logits_and_every_attention_map_are_bitwise_timms_unfused(timm_model, weights, images):
     ref_logits, ref_maps, _ = timm_attention(timm_model, images)

@@ -8,6 +8,8 @@ import pytest
 from deit_functional.outputs import Names, PictureResult, file_endings, file_tag, looks_like_a_result, write
 from deit_functional.rollout import HEAD_FUSIONS, METHODS
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 
 def every_result_name():
     """Every picture file name a run can write, for every method, fusion choice and option."""
@@ -65,8 +67,8 @@ def test_a_name_taken_after_it_was_claimed_goes_to_the_next_free_one(tmp_path):
     targets = names.claim(result.path, endings)
     (tmp_path / "out").mkdir()
     targets["mask mean"].write_bytes(b"another run's mask")
-    lines, _ = write(result, endings, names, targets)
+    files, _ = write(result, endings, names, targets)
     assert targets["mask mean"].read_bytes() == b"another run's mask"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_tag-2.png", "a_tag-2_mask.npy", "a_tag_mask.npy"]
-    assert lines[-2:] == [str(tmp_path / "out" / "a_tag-2.png"), str(tmp_path / "out" / "a_tag-2_mask.npy")]
+    assert files == {"overlay": tmp_path / "out" / "a_tag-2.png", "mask mean": tmp_path / "out" / "a_tag-2_mask.npy"}
     assert np.load(tmp_path / "out" / "a_tag-2_mask.npy").shape == (40, 60)

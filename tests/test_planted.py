@@ -11,6 +11,8 @@ from deit_functional.rollout import HEAD_FUSIONS, attention_flow, attention_roll
 from deit_functional.weights import expected_shapes
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 SIZES = [(224, 224), (240, 320), (300, 200), (320, 240)]  # (height, width)
 PER_SIZE = 3
 CLASS_OF = {"red": RED_CLASS, "blue": BLUE_CLASS}

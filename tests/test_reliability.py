@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from deit_functional import read_picture
+from deit_functional.drawing import to_side
+from figure_panels import locate
 from planted import draw_scene, planted_state_dict
 from script_runs import ATTENTION, run
 
@@ -86,8 +88,9 @@ def test_sideways_stored_photos_are_explained_as_viewers_show_them(tmp_path, pla
         assert top5(name) == top5("upright.png"), orientation
         np.testing.assert_array_equal(mask_of[name], mask_of["upright.png"])
     mask = mask_of["phone.jpg"]
-    overlay = np.asarray(Image.open(next(f for f in files if f.name.startswith("phone_") and f.suffix == ".png")))
-    assert mask.shape == (height, width) and overlay.shape == (height, width, 3)
+    figure = np.asarray(Image.open(next(f for f in files if f.name.startswith("phone_") and f.suffix == ".png")))
+    assert mask.shape == (height, width)
+    locate(figure, to_side(read_picture(folder / "phone.jpg")))  # the figure shows the picture upright
     y, x = np.unravel_index(mask.argmax(), mask.shape)
     _, top, left, side = square
     assert top <= y < top + side and left <= x < left + side
@@ -111,7 +114,7 @@ def test_a_run_never_explains_results_of_earlier_runs(tmp_path, planted_checkpoi
     explained = [line[:-1] for line in second.stdout.splitlines() if line.endswith(":")]
     assert explained == [str(folder / "a.png"), str(folder / "b.jpg")]
     assert all(f.name.count("attention-rollout") <= 1 for f in folder.iterdir())  # no result of a result
-    assert len(list(folder.iterdir())) == 3 + 2 * 2 * 3  # the pictures, two runs' results
+    assert len(list(folder.iterdir())) == 3 + 2 * (2 * 3 + 1)  # the pictures, two runs' results and predictions
 
 
 # ---- a full disk ----------------------------------------------------------------------------
@@ -128,8 +131,9 @@ def check_stopped_whole(status, stderr, out, pictures):
     assert not [n for n in names if n.startswith(".")], names  # no temporary file left
     overlays = [n for n in names if n.endswith(".png")]
     assert len(overlays) == finished and len(names) == 2 * finished
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 170, 3), dtype=np.uint8)  # photo_folder's
     for overlay in overlays:
-        assert np.asarray(Image.open(out / overlay)).shape == (120, 170, 3)
+        locate(np.asarray(Image.open(out / overlay)), to_side(pixels))  # a whole figure
         assert np.load(out / overlay.replace(".png", "_mask.npy")).shape == (120, 170)
 
 
@@ -153,13 +157,14 @@ def small_disk_available():
 @pytest.mark.skipif(not small_disk_available(), reason="cannot mount a small file system here "
                     "(unshare -rm with tmpfs); test_a_full_disk_simulated covers the behaviour")
 def test_a_full_disk_stops_the_run_at_once_leaving_whole_results(tmp_path, planted_checkpoint):
-    """A real full disk: a 400 KB tmpfs, mounted in a private namespace, holds two or three
-    pictures' results (~140 KB each) of six; they are copied out before the namespace ends."""
+    """A real full disk: a 3 MB tmpfs, mounted in a private namespace, holds two or three
+    pictures' results (~1.2 MB each: the figure, uncompressed, and the mask) of six; they are
+    copied out before the namespace ends."""
     folder = photo_folder(tmp_path, 6)
     disk, kept = tmp_path / "disk", tmp_path / "kept"
     disk.mkdir()
     kept.mkdir()
-    command = (f'mount -t tmpfs -o size=400k tmpfs "{disk}" && "{sys.executable}" "{ATTENTION}" '
+    command = (f'mount -t tmpfs -o size=3000k tmpfs "{disk}" && "{sys.executable}" "{ATTENTION}" '
                f'--image "{folder}" --weights "{planted_checkpoint}" --output-dir "{disk}/out"; '
                f'status=$?; cp -a "{disk}/out/." "{kept}/"; exit $status')
     result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=300)
@@ -214,4 +219,4 @@ def test_runs_started_at_once_into_one_folder_each_keep_their_whole_results(tmp_
     for overlay, mask in claimed:
         assert mask.name == overlay.name.replace(".png", "_mask.npy")
         np.testing.assert_array_equal(np.load(mask), expected)  # each run's own, whole
-        assert np.asarray(Image.open(overlay)).shape == (height, width, 3)
+        assert np.array_equal(Image.open(overlay), Image.open(claimed[0][0]))  # whole, as any other

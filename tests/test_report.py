@@ -1,4 +1,8 @@
-"""--report: report.md and report.html, checked against the run's own evaluation files."""
+"""--report: report.html (one self-contained file) and report.md, checked against the run's own
+evaluation files and figures."""
+import base64
+import html
+import io
 import json
 import re
 from pathlib import Path
@@ -8,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deit_functional.report import Entry, summary
+from deit_functional.report import Entry, finding, summary
 from script_runs import ATTENTION, GRADIENT, run
 
 
@@ -16,15 +20,33 @@ def scores(positive, negative):
     return {"positive_auc": positive, "negative_auc": negative}
 
 
+def entries_of(*fusion_scores, method="gradient"):
+    return [Entry(f"{k}.png", f"{k}.png", [], method, 87, s, 0.9) for k, s in enumerate(fusion_scores)]
+
+
 def test_summary_means_and_counts_the_most_faithful_fusion_with_ties_for_each():
-    entries = [Entry("a.png", "a.png", [], 1, {"mean": scores(0.1, 0.9), "max": scores(0.2, 0.5)}),
-               Entry("b.png", "b.png", [], 1, {"mean": scores(0.4, 0.5), "max": scores(0.1, 0.6)}),
-               Entry("c.png", "c.png", [], 1, {"mean": scores(0.3, 0.6), "max": scores(0.2, 0.5)})]  # a tie
+    entries = entries_of({"mean": scores(0.1, 0.9), "max": scores(0.2, 0.5)},
+                         {"mean": scores(0.4, 0.5), "max": scores(0.1, 0.6)},
+                         {"mean": scores(0.3, 0.6), "max": scores(0.2, 0.5)})  # a tie
     got = summary(entries)
     assert list(got) == ["mean", "max"]
     np.testing.assert_allclose(got["mean"][:2], [0.8 / 3, 2.0 / 3])
     np.testing.assert_allclose(got["max"][:2], [0.5 / 3, 1.6 / 3])
     assert (got["mean"][2], got["max"][2]) == (2, 2)
+
+
+def test_the_finding_names_the_best_fusion_in_the_runs_numbers_and_says_when_they_tie():
+    entries = entries_of({"mean": scores(0.1, 0.9), "min": scores(0.3, 0.6), "max": scores(0.2, 0.5)},
+                         {"mean": scores(0.2, 0.6), "min": scores(0.3, 0.5), "max": scores(0.1, 0.6)})
+    said = finding("Gradient Rollout", entries)
+    # margins: mean (0.8 + 0.4) / 2 = 0.6, min 0.25, max 0.4
+    assert said == ("Gradient Rollout, over 2 pictures, scored for the class explained: mean fusion scored best, with "
+                    "a mean negative minus positive AUC of 0.6000 (positive 0.1500, negative 0.7500) against 0.2500 "
+                    "(min), 0.4000 (max); it was the most faithful on 1 of 2.")  # max on the second
+    tied = entries_of({"mean": scores(0.1, 0.5), "max": scores(0.2, 0.6)}, method="attention")
+    assert finding("Attention Rollout", tied) == ("Attention Rollout, over 1 picture, scored for each picture's top "
+                                                  "class: the fusions tied, each with a mean negative minus positive "
+                                                  "AUC of 0.4000.")
 
 
 @pytest.fixture(scope="module")
@@ -41,39 +63,59 @@ def planted_folder(tmp_path_factory):
     return folder
 
 
-def test_a_report_over_a_folder_says_what_the_evaluation_files_say(planted_folder):
+def test_one_report_over_a_folder_two_classes_and_two_methods_says_what_the_evaluation_files_say(planted_folder):
     out = planted_folder / "out"
     arguments = ["--image", planted_folder / "my pictures", "--weights", planted_folder / "planted.safetensors",
-                 "--category", "87", "--report", "--output-dir", out]
+                 "--category", "87", "samoyed", "--method", "rollout,chefer", "--report", "--output-dir", out]
     result = run(GRADIENT, *arguments, cwd=planted_folder)
     assert result.returncode == 0, result.stderr
     markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
-    assert result.stdout.splitlines()[-2:] == [str(out / "report.md"), str(out / "report.html")]
+    assert result.stdout.splitlines()[-4:-2] == [str(out / "report.html"), str(out / "report.md")]
     evaluations = sorted(out.glob("*_evaluation.json"))
-    assert len(evaluations) == 3  # --report implies --evaluate ...
-    margins = []
+    assert len(evaluations) == 3 * 2 * 2  # --report implies --evaluate: every picture, method and class ...
+    groups = {}
     for path in evaluations:
         data = json.loads(path.read_text())
         assert list(data["fusions"]) == ["mean", "min", "max"]  # ... and every fusion
-        assert data["category"] == 87 and f"Faithfulness for class 87, African grey" in markdown
-        for fusion, s in data["fusions"].items():
-            assert f"| {fusion} | {s['positive_auc']:.4f} | {s['negative_auc']:.4f} |" in markdown
-        margins.append([s["negative_auc"] - s["positive_auc"] for s in data["fusions"].values()])
-    margins = np.array(margins)
-    wins = (margins == margins.max(axis=1, keepdims=True)).sum(axis=0)
-    for k, fusion in enumerate(["mean", "min", "max"]):
-        positive = np.mean([json.loads(p.read_text())["fusions"][fusion]["positive_auc"] for p in evaluations])
-        negative = np.mean([json.loads(p.read_text())["fusions"][fusion]["negative_auc"] for p in evaluations])
-        row = f"| {fusion} | {positive:.4f} | {negative:.4f} | {wins[k]} of 3 |"
-        assert row in markdown
-    # every picture's section links its labelled overlay by a relative path that resolves
-    links = [unquote(s) for s in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown)]  # percent-encoded
-    sources = [unquote(s) for s in re.findall(r"<img src='([^']+)'", page)]
-    assert len(links) == 3 and links == sources
-    for link in links:
-        overlay = np.asarray(Image.open(out / link))
-        assert overlay.shape[1] == 3 * 280 + 2 * 8 and overlay.shape[0] > 210  # three panels, labels above
-    assert [Path(l).name.split("_")[0] for l in links] == ["scene 0", "scene 1", "scene 2"]
+        method = "Chefer et al.'s rule" if "_chefer_" in path.name else "Gradient Rollout"
+        ratio = "0" if "_chefer_" in path.name else "0.9"
+        name = {87: "African grey", 258: "Samoyed"}[data["category"]]
+        groups.setdefault(f"{method} for class {data['category']}, {name} (discard ratio {ratio})", []).append(data)
+    assert len(groups) == 4
+    for heading, group in groups.items():  # each explanation's summary: the means of its files, its wins
+        assert markdown.count(f"### {heading}") == 3 and page.count(f"<h3>{html.escape(heading)}</h3>") == 3
+        margins = np.array([[s["negative_auc"] - s["positive_auc"] for s in d["fusions"].values()] for d in group])
+        wins = (margins == margins.max(axis=1, keepdims=True)).sum(axis=0)
+        section = markdown.split(heading + ", over 3 pictures")[1].split("\n\n", 2)[1]
+        for k, fusion in enumerate(["mean", "min", "max"]):
+            positive = np.mean([d["fusions"][fusion]["positive_auc"] for d in group])
+            negative = np.mean([d["fusions"][fusion]["negative_auc"] for d in group])
+            assert f"| {fusion} | {positive:.4f} | {negative:.4f} | {wins[k]} of 3 |" in section
+    # headed by file name, the pictures in the run's order, the names left-aligned
+    assert re.findall(r"^## (scene \d\.png)$", markdown, re.M) == ["scene 0.png", "scene 1.png", "scene 2.png"]
+    assert "td.n,th.n{text-align:right" in page and "text-align:left" in page and "<td>African grey" in page
+    # markdown links each figure by a relative path that resolves
+    links = [unquote(s) for s in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown)]
+    assert len(links) == 12 and all((out / link).is_file() for link in links)
+    # the page is self-contained: every picture inside it, the very figures the run wrote; nothing fetched
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert len(sources) == 12 and all(s.startswith("data:image/png;base64,") for s in sources)
+    for source, link in zip(sources, links):
+        embedded = np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))))
+        np.testing.assert_array_equal(embedded, np.asarray(Image.open(out / link)))
+    assert not re.search(r"(src|href)=['\"](?!data:)", page) and "default-src 'none'" in page
+    # the curves: for each figure, both orders, a line per fusion through the file's points
+    first = json.loads(next(p for p in evaluations if p.name.startswith("scene 0_gradient-rollout")
+                            and "category87" in p.name).read_text())
+    svg = page.split("<h3>Gradient Rollout for class 87")[1].split("</div>")[0]
+    top = max(v for s in first["fusions"].values() for v in s["positive"] + s["negative"])
+    for order in ("positive", "negative"):
+        plot = svg.split(f'<svg class="{order}"')[1].split("</svg>")[0]
+        lines = re.findall(r'points="([^"]+)"', plot)
+        assert len(lines) == 3
+        for points, fusion in zip(lines, ["mean", "min", "max"]):
+            ys = [float(p.split(",")[1]) for p in points.split()]
+            np.testing.assert_allclose(ys, [150 - v / top * 150 for v in first["fusions"][fusion][order]], atol=0.051)
     # a second run never overwrites the first report
     again = run(GRADIENT, *arguments, cwd=planted_folder)
     assert again.returncode == 0, again.stderr
@@ -88,3 +130,4 @@ def test_report_takes_the_fusion_asked_for(planted_folder, tmp_path):
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "report.md").read_text()
     assert "| max | " in markdown and "| mean | " not in markdown and "1 of 1 |" in markdown
+    assert "over 1 picture," in markdown and "1 pictures" not in markdown

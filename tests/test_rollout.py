@@ -11,6 +11,8 @@ from deit_functional.rollout import (HEAD_FUSIONS, attention_rollout, by_layer, 
 from deit_functional.model import G, H, L, N
 from timm_reference import timm_attention
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 B = 3
 
 

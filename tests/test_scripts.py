@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from deit_functional.drawing import to_side
+from figure_panels import GAP, locate
 from script_runs import ATTENTION, GRADIENT, run
 
 
@@ -31,6 +33,7 @@ def written(stdout):
     return [Path(line) for line in stdout.splitlines() if line.endswith((".png", ".npy"))]
 
 
+@pytest.mark.quick
 def test_attention_script_from_another_directory(tmp_path, photo, checkpoint):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -40,9 +43,9 @@ def test_attention_script_from_another_directory(tmp_path, photo, checkpoint):
     files = written(result.stdout)
     assert [f.suffix for f in files] == [".png", ".npy"]
     assert all("attention-rollout_mean_discard0.9" in f.name for f in files)
-    overlay = np.asarray(Image.open(elsewhere / files[0]))
+    figure = np.asarray(Image.open(elsewhere / files[0]))
     mask = np.load(elsewhere / files[1])
-    assert overlay.shape == (120, 170, 3)
+    locate(figure, to_side(np.asarray(Image.open(photo))))  # the figure holds the picture, and its map
     assert mask.shape == (120, 170) and mask.dtype == np.float32
     assert 0 <= mask.min() and mask.max() <= 1
     # the default output folder sits in the working directory, holding exactly these two files
@@ -52,6 +55,7 @@ def test_attention_script_from_another_directory(tmp_path, photo, checkpoint):
     assert all(stat.S_IMODE((elsewhere / f).stat().st_mode) == 0o666 & ~umask for f in files)
 
 
+@pytest.mark.quick
 def test_gradient_script_all_fusions_and_no_overwrite(tmp_path, photo, checkpoint):
     out = tmp_path / "out"
     args = ["--image", photo, "--category", "87", "--weights", checkpoint, "--output-dir", out,
@@ -63,12 +67,19 @@ def test_gradient_script_all_fusions_and_no_overwrite(tmp_path, photo, checkpoin
     assert all("gradient-rollout_all_discard0.9_category87" in f.name for f in files)
     assert {f.name.split("_")[-2] for f in files if f.suffix == ".npy"} == {"mean", "min", "max"}
     figure = np.asarray(Image.open(files[0]))
-    assert figure.shape == (24 + 21 + 120, 170 * 3 + 2 * 8, 3)  # a title, three labelled panels
-    from deit_functional.drawing import overlay
+    from deit_functional.drawing import grey, overlay, stretched, upsample
     photo_pixels = np.asarray(Image.open(photo).convert("RGB"))
-    for k, fusion in enumerate(("mean", "min", "max")):  # each panel: that fusion's mask over the photo
-        mask = np.load(next(f for f in files if f.name.endswith(f"_{fusion}_mask.npy")))
-        np.testing.assert_array_equal(figure[45:, k * 178:k * 178 + 170], overlay(photo_pixels, mask))
+    small = to_side(photo_pixels)
+    top, left = locate(figure, small)
+    assert left == 0 and figure.shape[1] == 2 * small.shape[1] + GAP  # two panels to a row: picture, mean / min, max
+    found = {}
+    for fusion in ("mean", "min", "max"):  # each panel: that fusion's map over the grey photo, found in the figure
+        grid = np.load(next(f for f in files if f.name.endswith(f"_{fusion}_grid.npy")))
+        found[fusion] = locate(figure, overlay(grey(small), stretched(upsample(grid, small.shape[:2]), grid.min(),
+                                                                      grid.max())))
+    second_row = found["min"][0]
+    assert found == {"mean": (top, small.shape[1] + GAP), "min": (second_row, 0), "max": (second_row, small.shape[1] + GAP)}
+    assert second_row > top + small.shape[0]
     grid = np.load(next(f for f in files if f.name.endswith("max_grid.npy")))
     assert grid.shape == (14, 14) and grid.max() == 1
     before = {f: f.read_bytes() for f in files}
@@ -164,7 +175,8 @@ def bad_inputs():
         ("truncated file", file_with(lambda p: p.read_bytes()[:400], "cut.jpg"), "not a readable picture"),
         ("folder without pictures", empty_folder, "holds no pictures"),
         ("picture smaller than a patch", tiny, "smaller than one 16x16 patch"),
-        ("category not an integer", args("--category", "parrot"), "not an integer"),
+        ("category not a class name", args("--category", "parrot"), "no ImageNet class is called 'parrot'"),
+        ("category fitting two classes", args("--category", "crane"), "'crane' fits 2 classes: 134 crane; 517 crane"),
         ("category out of range", args("--category", "1000"), "not an ImageNet class index"),
         ("negative category", args("--category=-1"), "not an ImageNet class index"),
         ("discard ratio 1", args("--discard-ratio", "1"), "outside [0, 1)"),

@@ -9,6 +9,8 @@ import torch
 from deit_functional import WeightsError, forward, load_weights
 from deit_functional import weights as weights_module
 
+pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
+
 
 @pytest.fixture(scope="module")
 def state(timm_model):

@@ -1,0 +1,293 @@
+"""The pictures a student hands in and a grader reads (issue #23): red means relevance and nothing
+else, every figure says what it shows and the range its colours span, flat maps say they are
+flat; classes by name; the printout, the predictions file and the quiet modes."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deit_functional.drawing import (Look, backdrop, colour_bar, grey, jet, number_pair, overlay, stretched,
+                                     to_side, upsample, value_range)
+from deit_functional.labels import class_index, class_names, rank, top
+from deit_functional.outputs import PictureResult, title
+from figure_panels import GAP, locate, map_panel
+from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict
+from script_runs import ATTENTION, GRADIENT, run
+
+
+@pytest.fixture(scope="module")
+def planted_checkpoint(tmp_path_factory):
+    from safetensors.torch import save_file
+    path = tmp_path_factory.mktemp("planted") / "planted.safetensors"
+    save_file(planted_state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory, timm_model):
+    path = tmp_path_factory.mktemp("random") / "random.pth"
+    torch.save(timm_model.state_dict(), path)
+    return path
+
+
+def written(stdout, suffix=(".png", ".npy")):
+    return [line for line in stdout.splitlines() if line.endswith(suffix)]
+
+
+def red_share(region):
+    """How much of a region looks red: the share of its pixels whose red exceeds both green and
+    blue by 40 levels."""
+    r, g, b = np.moveaxis(region.astype(int), -1, 0)
+    return float(((r > g + 40) & (r > b + 40)).mean())
+
+
+def square_in(panel, square, shape):
+    """The part of a panel (the picture resized to it) that a square of the picture covers,
+    a few pixels inside its edges."""
+    _, top, left, side = square
+    sy, sx = panel.shape[0] / shape[0], panel.shape[1] / shape[1]
+    return panel[int(top * sy) + 3:int((top + side) * sy) - 3, int(left * sx) + 3:int((left + side) * sx) - 3]
+
+
+SCENE = (240, 320, [("red", 40, 30, 70), ("blue", 120, 200, 60)])
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("category, own, other", [(RED_CLASS, 0, 1), (BLUE_CLASS, 1, 0)])
+@pytest.mark.parametrize("method", ["rollout", "chefer"])
+def test_in_the_saved_figure_the_explained_class_square_is_the_redder(tmp_path, planted_checkpoint, category, own,
+                                                                      other, method):
+    """The homework's grader reads the PNG: for each class, its own square is the red one --
+    also for class 258, whose square is blue in the photo. Over the photo in colour (the old
+    default, --overlay colour) the blue square's relevance turned purple and the irrelevant red
+    square stayed deep red: the figure said the opposite of the map."""
+    height, width, squares = SCENE
+    picture = draw_scene(height, width, squares)
+    Image.fromarray(picture).save(tmp_path / "scene.png")
+    redder = {}
+    for look in ("grey", "colour"):
+        result = run(GRADIENT, "--image", tmp_path / "scene.png", "--category", category, "--method", method,
+                     "--weights", planted_checkpoint, "--overlay", look, "--output-dir", tmp_path / look, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        panel = map_panel(np.asarray(Image.open(written(result.stdout)[0])), picture)  # beside the picture
+        regions = [square_in(panel, square, (height, width)) for square in squares]
+        redder[look] = red_share(regions[own]) > 0.2 and red_share(regions[other]) < 0.02
+        mask = np.load(written(result.stdout)[1])[..., None]  # the map itself is right either way
+        assert square_in(mask, squares[own], (height, width)).mean() > \
+            5 * square_in(mask, squares[other], (height, width)).mean()
+    assert redder["grey"]
+    if category == BLUE_CLASS:
+        assert not redder["colour"]  # the defect the grey backdrop ends
+
+
+def test_the_figure_holds_the_picture_the_map_over_its_grey_copy_and_the_maps_range(tmp_path, random_checkpoint):
+    """Pixel for pixel: the picture as given, then the saved 14x14 map drawn over a grey copy,
+    stretched from its lowest to its highest value, over the colour bar of that range."""
+    picture = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    for look in (Look(), Look("colour", 0.7)):
+        out = tmp_path / look.backdrop
+        result = run(ATTENTION, "--image", tmp_path / "photo.png", "--weights", random_checkpoint, "--save-grid",
+                     "--overlay", look.backdrop, "--alpha", look.alpha, "--output-dir", out, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        figure = np.asarray(Image.open(written(result.stdout)[0]))
+        grid = np.load(next(p for p in written(result.stdout) if p.endswith("_grid.npy")))
+        small = to_side(picture)
+        top, left = locate(figure, small)
+        low, high = value_range(grid)
+        expected = overlay(backdrop(small, look), stretched(upsample(grid, small.shape[:2]), low, high), look.alpha)
+        map_left = left + small.shape[1] + GAP
+        np.testing.assert_array_equal(figure[top:top + small.shape[0], map_left:map_left + small.shape[1]], expected)
+        bar = colour_bar(small.shape[1], low, high, 16)
+        below = top + small.shape[0]
+        np.testing.assert_array_equal(figure[below:below + bar.shape[0], map_left:map_left + small.shape[1]], bar)
+        assert top > 30 and (figure[:top - 22].min(axis=2) < 100).any()  # a title above the panel labels
+        assert figure.shape[0] == below + bar.shape[0]  # nothing below the bar
+
+
+def test_stretched_maps_keep_max_scaled_maps_and_show_the_contrast_of_flat_ones():
+    ordinary = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(stretched(ordinary, *value_range(ordinary)), ordinary)
+    flat = np.array([[0.96, 0.97], [0.99, 1.0]], np.float32)
+    np.testing.assert_allclose(stretched(flat, *value_range(flat)), [[0, 0.25], [0.75, 1]], atol=1e-5)
+    assert not stretched(np.full((2, 2), 0.5, np.float32), 0.5, 0.5).any()  # constant: all one colour
+    assert number_pair(0.0, 1.0) == ("0.00", "1.00") and number_pair(0.9985, 1.0) == ("0.9985", "1.0000")
+    assert number_pair(0.96, 1.0) == ("0.960", "1.000")
+    assert number_pair(0.5, 0.5) == ("0.50", "0.50")
+
+
+def test_a_nearly_flat_map_is_drawn_with_its_contrast_and_its_bar_says_so(tmp_path, random_checkpoint):
+    """Attention Flow without discard on random weights: values within a few thousandths of 1.
+    The saved mask keeps them; the figure spans blue to red and its bar reads "nearly flat"."""
+    pytest.importorskip("scipy")
+    picture = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    result = run(ATTENTION, "--image", tmp_path / "photo.png", "--method", "flow", "--discard-ratio", "0",
+                 "--weights", random_checkpoint, "--save-grid", "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    grid = np.load(next(p for p in written(result.stdout) if p.endswith("_grid.npy")))
+    low, high = value_range(grid)
+    assert high == 1 and 0.9 < low < 1  # flat, as the saved map is
+    figure = np.asarray(Image.open(written(result.stdout)[0]))
+    small = to_side(picture)
+    top, left = locate(figure, small)
+    panel = map_panel(figure, picture)
+    tint = panel.astype(int) - grey(small) // 2  # the map's half of each pixel
+    blue, red = (tint[..., 2] > tint[..., 0] + 30).mean(), (tint[..., 0] > tint[..., 2] + 30).mean()
+    assert blue > 0.01 and red > 0.05  # both ends of the colours (scaled to the maximum: all dark red)
+    bar = figure[top + small.shape[0]:, left + small.shape[1] + GAP:left + 2 * small.shape[1] + GAP]
+    np.testing.assert_array_equal(bar, colour_bar(small.shape[1], low, high, 16))
+    assert not np.array_equal(bar, colour_bar(small.shape[1], 0.0, high, 16))  # its own range, "nearly flat"
+
+
+def test_the_title_says_method_fusion_discard_class_probability_and_rank():
+    probabilities = np.full(1000, 0.5 / 998)
+    probabilities[[3, 258]] = 0.3, 0.2
+    result = PictureResult("p.png", None, probabilities, {"max": None}, category=258, method="chefer",
+                           discard_ratio=0.25)
+    assert title(result) == ("Chefer et al.'s rule, max fusion, discard ratio 0.25: class 258 Samoyed "
+                             "(p 0.200, rank 2 of 1000); DeiT-tiny")
+    agnostic = PictureResult("p.png", None, probabilities, {"mean": None, "min": None}, category=3,
+                             method="attention", discard_ratio=0.9, model="deit_small_patch16_224")
+    assert title(agnostic) == ("Attention Rollout, mean | min fusion, discard ratio 0.9: top class 3 tiger shark "
+                               "(p 0.300, rank 1 of 1000); DeiT-small")
+
+
+# ---- classes by name ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, index", [("258", 258), ("samoyed", 258), ("SAMOYEDE", 258), ("African grey", 87),
+                                         ("african_gray", 87), ("golden ret", 207), ("  Tabby  ", 281)])
+def test_a_class_is_found_by_index_or_by_any_unique_start_of_its_names(text, index):
+    assert class_index(text) == index
+
+
+def test_a_name_that_fits_several_classes_or_none_says_which():
+    with pytest.raises(ValueError, match=r"'crane' fits 2 classes: 134 crane; 517 crane"):
+        class_index("crane")
+    with pytest.raises(ValueError, match=r"'cat' fits 5 classes: 286 cougar \(catamount\);"):
+        class_index("cat")
+    with pytest.raises(ValueError, match="no ImageNet class is called 'parrot'"):
+        class_index("parrot")
+    with pytest.raises(ValueError, match=r"1000 is not an ImageNet class index \(0..999\)"):
+        class_index("1000")
+    # a reference: a plain scan of every name
+    names = [[n.strip().lower() for n in line.split(",")] for line in class_names()]
+    for i in (0, 87, 258, 999):
+        for name in names[i]:
+            fitting = {j for j, listed in enumerate(names) if name in listed} or {i}
+            if len(fitting) == 1:
+                assert class_index(name) == i
+
+
+def test_rank_counts_the_classes_above_with_ties_in_class_order():
+    p = np.array([0.1, 0.4, 0.1, 0.4])
+    assert [rank(p, i) for i in range(4)] == [3, 1, 4, 2]
+    assert [i for _, i, _ in top(p, 4)] == sorted(range(4), key=lambda i: rank(p, i))
+
+
+def test_the_scripts_take_several_classes_by_name_and_print_each_ones_probability_and_rank(tmp_path,
+                                                                                          planted_checkpoint):
+    height, width, squares = SCENE
+    Image.fromarray(draw_scene(height, width, squares)).save(tmp_path / "scene.png")
+    result = run(GRADIENT, "--image", tmp_path / "scene.png", "--category", "african grey", "samoyed,tench",
+                 "--weights", planted_checkpoint, "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{tmp_path / 'scene.png'}:" and sum(line.endswith(":") for line in lines) == 1  # one heading
+    explained = [line for line in lines if line.startswith("  Gradient Rollout, class")]
+    top5 = [line for line in lines if line.startswith("  ") and ". " in line[:6]]
+    probability = {int(line.split()[2]): float(line.split()[1]) for line in top5}
+    assert [line.split(",")[1].split()[1] for line in explained] == ["87", "258", "0"]
+    for line in explained:
+        index = int(line.split("class ")[1].split()[0])
+        p, position = line.split("(p ")[1].split(", rank ")
+        assert index not in probability or abs(float(p) - probability[index]) <= 5e-4  # shown to 3 decimals there
+        assert int(position.split()[0]) == [l.split()[2] for l in top5].index(str(index)) + 1 \
+            if index in probability else int(position.split()[0]) > 5
+    assert [f.split("_category")[1].split("_")[0].split(".")[0] for f in written(result.stdout, ".png")] == \
+        ["87", "258", "0"]
+
+
+@pytest.mark.parametrize("category, words", [("crane", "'crane' fits 2 classes"), ("parrot", "no ImageNet class"),
+                                             ("87,", "an empty item")])
+def test_a_class_name_that_does_not_fit_one_class_is_a_usage_error(tmp_path, planted_checkpoint, category, words):
+    Image.fromarray(draw_scene(*SCENE)).save(tmp_path / "scene.png")
+    result = run(GRADIENT, "--image", tmp_path / "scene.png", "--category", category, "--weights", planted_checkpoint,
+                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2 and words in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+# ---- folders: quiet, predictions ----------------------------------------------------------------
+
+def test_a_folder_run_writes_predictions_and_quiet_runs_say_less(tmp_path, random_checkpoint):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    arguments = ["--image", folder, "--weights", random_checkpoint, "--category", "3", "258", "--output-dir"]
+    loud = run(GRADIENT, *arguments, tmp_path / "loud", cwd=tmp_path)
+    quiet = run(GRADIENT, *arguments, tmp_path / "quiet", "-q", cwd=tmp_path)
+    silent = run(GRADIENT, *arguments, tmp_path / "silent", "-qq", cwd=tmp_path)
+    assert loud.returncode == quiet.returncode == silent.returncode == 0
+    summary = "3 of 3 pictures explained (2 explanations each); results in "
+    assert loud.stdout.splitlines()[-1] == summary + str(tmp_path / "loud")
+    assert silent.stdout.splitlines() == [summary + str(tmp_path / "silent")]
+    lines = quiet.stdout.splitlines()
+    assert len(lines) == 3 * 2 + 2 and lines[-2] == str(tmp_path / "quiet" / "predictions.csv")
+    assert all(line.startswith(str(folder)) and " rollout class " in line and line.endswith(".png") for line in lines[:6])
+    # predictions.csv: a row per picture and class, the probabilities the loud printout shows
+    with open(tmp_path / "loud" / "predictions.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["picture"], r["explained_class"]) for r in rows] == [(str(folder / f"{i}.png"), c)
+                                                                     for i in range(3) for c in ("3", "258")]
+    blocks = loud.stdout.split(f"{folder}/")[1:]
+    for row in rows[::2]:
+        block = next(b for b in blocks if b.startswith(os.path.basename(row["picture"]) + ":"))
+        first = block.splitlines()[1].split()
+        assert (first[2], first[1]) == (row["top1_class"], f"{float(row['top1_probability']):.3f}")
+    for name in ("quiet", "silent"):
+        assert (tmp_path / name / "predictions.csv").read_text() == (tmp_path / "loud" / "predictions.csv").read_text()
+    assert not any(p.name == "predictions.csv" for p in tmp_path.rglob("*") if "one" in p.parts)
+
+
+def test_a_single_picture_writes_no_predictions_file(tmp_path, random_checkpoint):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "one.png")
+    result = run(ATTENTION, "--image", tmp_path / "one.png", "--weights", random_checkpoint,
+                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0 and sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".npy", ".png"]
+
+
+# ---- weights: where they come from ----------------------------------------------------------------
+
+def test_the_weights_variable_names_a_file_for_every_run_and_weights_still_wins(tmp_path, random_checkpoint,
+                                                                              planted_checkpoint):
+    Image.fromarray(draw_scene(*SCENE)).save(tmp_path / "scene.png")
+    env = dict(os.environ, DEIT_EXPLAIN_WEIGHTS=str(planted_checkpoint), HF_HUB_OFFLINE="1",
+               HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))
+    named = run(ATTENTION, "--image", tmp_path / "scene.png", "--output-dir", tmp_path / "a", cwd=tmp_path, env=env)
+    given = run(ATTENTION, "--image", tmp_path / "scene.png", "--weights", random_checkpoint,
+                "--output-dir", tmp_path / "b", cwd=tmp_path, env=env)
+    assert named.returncode == given.returncode == 0, named.stderr + given.stderr
+    assert "  1. " in named.stdout and named.stdout.splitlines()[1].split()[2] == str(RED_CLASS)  # the planted model
+    assert named.stdout.splitlines()[1] != given.stdout.splitlines()[1]  # --weights won
+    env["DEIT_EXPLAIN_WEIGHTS"] = str(tmp_path / "gone.pth")
+    missing = run(ATTENTION, "--image", tmp_path / "scene.png", "--output-dir", tmp_path / "c", cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and missing.stderr.splitlines()[-1].endswith(
+        f"weights file not found: {tmp_path / 'gone.pth'} (the file $DEIT_EXPLAIN_WEIGHTS names)")
+
+
+def test_without_weights_the_message_gives_the_addresses_and_the_command(tmp_path):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "one.png")
+    env = {k: v for k, v in os.environ.items() if k != "DEIT_EXPLAIN_WEIGHTS"}
+    env.update(HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), HF_HUB_OFFLINE="1")
+    result = run(ATTENTION, "--image", tmp_path / "one.png", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    error = result.stderr.splitlines()[-1]
+    assert "curl -LO https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth" in error
+    assert "https://huggingface.co/timm/deit_tiny_patch16_224.fb_in1k" in error
+    assert "https://huggingface.co/facebook/deit-tiny-patch16-224" in error
+    assert "--weights" in error and "DEIT_EXPLAIN_WEIGHTS" in error
