@@ -111,8 +111,8 @@ def parser_for(methods):
                                       for m in methods) + f" (default: {default.option}); several, each "
                                       "explained in turn: " + " ".join(options) + " or " + ",".join(options))
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",),
-                   help="how each layer's 3 heads are combined; 'all' writes mean, min and max "
-                        "side by side in one picture (default: mean; all with --report)")
+                   help="how each layer's 3 heads are combined; 'all' draws mean, min and max "
+                        "in one figure (default: mean; all with --report)")
     defaults = ", ".join(f"{METHODS[m].cli_discard_ratio:g} with --method {METHODS[m].option}" for m in methods)
     p.add_argument("--discard-ratio", type=discard_ratio, metavar="R",
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
