@@ -15,7 +15,7 @@ from deit_functional.labels import class_index, class_names, rank, top
 from deit_functional.outputs import PictureResult, title
 from figure_panels import GAP, locate, map_panel
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict
-from script_runs import ATTENTION, GRADIENT, run
+from script_runs import ATTENTION, GRADIENT, run, run_here
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ SCENE = (240, 320, [("red", 40, 30, 70), ("blue", 120, 200, 60)])
 @pytest.mark.quick
 @pytest.mark.parametrize("category, own, other", [(RED_CLASS, 0, 1), (BLUE_CLASS, 1, 0)])
 @pytest.mark.parametrize("method", ["rollout", "chefer"])
-def test_in_the_saved_figure_the_explained_class_square_is_the_redder(tmp_path, planted_checkpoint, category, own,
-                                                                      other, method):
+def test_in_the_saved_figure_the_explained_class_square_is_the_redder(capsys, tmp_path, planted_checkpoint,
+                                                                      category, own, other, method):
     """The homework's grader reads the PNG: for each class, its own square is the red one --
     also for class 258, whose square is blue in the photo. Over the photo in colour (the old
     default, --overlay colour) the blue square's relevance turned purple and the irrelevant red
@@ -69,8 +69,9 @@ def test_in_the_saved_figure_the_explained_class_square_is_the_redder(tmp_path, 
     Image.fromarray(picture).save(tmp_path / "scene.png")
     redder = {}
     for look in ("grey", "colour"):
-        result = run(GRADIENT, "--image", tmp_path / "scene.png", "--category", category, "--method", method,
-                     "--weights", planted_checkpoint, "--overlay", look, "--output-dir", tmp_path / look, cwd=tmp_path)
+        result = run_here(capsys, GRADIENT, "--image", tmp_path / "scene.png", "--category", category,
+                          "--method", method, "--weights", planted_checkpoint, "--overlay", look,
+                          "--output-dir", tmp_path / look)
         assert result.returncode == 0, result.stderr
         panel = map_panel(np.asarray(Image.open(written(result.stdout)[0])), picture)  # beside the picture
         regions = [square_in(panel, square, (height, width)) for square in squares]
@@ -83,15 +84,16 @@ def test_in_the_saved_figure_the_explained_class_square_is_the_redder(tmp_path, 
         assert not redder["colour"]  # the defect the grey backdrop ends
 
 
-def test_the_figure_holds_the_picture_the_map_over_its_grey_copy_and_the_maps_range(tmp_path, random_checkpoint):
+def test_the_figure_holds_the_picture_the_map_over_its_grey_copy_and_the_maps_range(capsys, tmp_path,
+                                                                                     random_checkpoint):
     """Pixel for pixel: the picture as given, then the saved 14x14 map drawn over a grey copy,
     stretched from its lowest to its highest value, over the colour bar of that range."""
     picture = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
     Image.fromarray(picture).save(tmp_path / "photo.png")
     for look in (Look(), Look("colour", 0.7)):
         out = tmp_path / look.backdrop
-        result = run(ATTENTION, "--image", tmp_path / "photo.png", "--weights", random_checkpoint, "--save-grid",
-                     "--overlay", look.backdrop, "--alpha", look.alpha, "--output-dir", out, cwd=tmp_path)
+        result = run_here(capsys, ATTENTION, "--image", tmp_path / "photo.png", "--weights", random_checkpoint,
+                          "--save-grid", "--overlay", look.backdrop, "--alpha", look.alpha, "--output-dir", out)
         assert result.returncode == 0, result.stderr
         figure = np.asarray(Image.open(written(result.stdout)[0]))
         grid = np.load(next(p for p in written(result.stdout) if p.endswith("_grid.npy")))
@@ -119,14 +121,14 @@ def test_stretched_maps_keep_max_scaled_maps_and_show_the_contrast_of_flat_ones(
     assert number_pair(0.5, 0.5) == ("0.50", "0.50")
 
 
-def test_a_nearly_flat_map_is_drawn_with_its_contrast_and_its_bar_says_so(tmp_path, random_checkpoint):
+def test_a_nearly_flat_map_is_drawn_with_its_contrast_and_its_bar_says_so(capsys, tmp_path, random_checkpoint):
     """Attention Flow without discard on random weights: values within a few thousandths of 1.
     The saved mask keeps them; the figure spans blue to red and its bar reads "nearly flat"."""
     pytest.importorskip("scipy")
     picture = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
     Image.fromarray(picture).save(tmp_path / "photo.png")
-    result = run(ATTENTION, "--image", tmp_path / "photo.png", "--method", "flow", "--discard-ratio", "0",
-                 "--weights", random_checkpoint, "--save-grid", "--output-dir", tmp_path / "out", cwd=tmp_path)
+    result = run_here(capsys, ATTENTION, "--image", tmp_path / "photo.png", "--method", "flow", "--discard-ratio", "0",
+                 "--weights", random_checkpoint, "--save-grid", "--output-dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     grid = np.load(next(p for p in written(result.stdout) if p.endswith("_grid.npy")))
     low, high = value_range(grid)
@@ -188,12 +190,12 @@ def test_rank_counts_the_classes_above_with_ties_in_class_order():
     assert [i for _, i, _ in top(p, 4)] == sorted(range(4), key=lambda i: rank(p, i))
 
 
-def test_the_scripts_take_several_classes_by_name_and_print_each_ones_probability_and_rank(tmp_path,
+def test_the_scripts_take_several_classes_by_name_and_print_each_ones_probability_and_rank(capsys, tmp_path,
                                                                                           planted_checkpoint):
     height, width, squares = SCENE
     Image.fromarray(draw_scene(height, width, squares)).save(tmp_path / "scene.png")
-    result = run(GRADIENT, "--image", tmp_path / "scene.png", "--category", "african grey", "samoyed,tench",
-                 "--weights", planted_checkpoint, "--output-dir", tmp_path / "out", cwd=tmp_path)
+    result = run_here(capsys, GRADIENT, "--image", tmp_path / "scene.png", "--category", "african grey",
+                      "samoyed,tench", "--weights", planted_checkpoint, "--output-dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{tmp_path / 'scene.png'}:" and sum(line.endswith(":") for line in lines) == 1  # one heading
@@ -213,32 +215,35 @@ def test_the_scripts_take_several_classes_by_name_and_print_each_ones_probabilit
 
 @pytest.mark.parametrize("category, words", [("crane", "'crane' fits 2 classes"), ("parrot", "no ImageNet class"),
                                              ("87,", "an empty item")])
-def test_a_class_name_that_does_not_fit_one_class_is_a_usage_error(tmp_path, planted_checkpoint, category, words):
+def test_a_class_name_that_does_not_fit_one_class_is_a_usage_error(capsys, tmp_path, planted_checkpoint, category,
+                                                                   words):
     Image.fromarray(draw_scene(*SCENE)).save(tmp_path / "scene.png")
-    result = run(GRADIENT, "--image", tmp_path / "scene.png", "--category", category, "--weights", planted_checkpoint,
-                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    result = run_here(capsys, GRADIENT, "--image", tmp_path / "scene.png", "--category", category,
+                      "--weights", planted_checkpoint, "--output-dir", tmp_path / "out")
     assert result.returncode == 2 and words in result.stderr.splitlines()[-1]
     assert not (tmp_path / "out").exists()
 
 
 # ---- folders: quiet, predictions ----------------------------------------------------------------
 
-def test_a_folder_run_writes_predictions_and_quiet_runs_say_less(tmp_path, random_checkpoint):
+def test_a_folder_run_writes_predictions_and_quiet_runs_say_less(capsys, tmp_path, random_checkpoint):
     folder = tmp_path / "pictures"
     folder.mkdir()
     for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        pixels = np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
     arguments = ["--image", folder, "--weights", random_checkpoint, "--category", "3", "258", "--output-dir"]
-    loud = run(GRADIENT, *arguments, tmp_path / "loud", cwd=tmp_path)
-    quiet = run(GRADIENT, *arguments, tmp_path / "quiet", "-q", cwd=tmp_path)
-    silent = run(GRADIENT, *arguments, tmp_path / "silent", "-qq", cwd=tmp_path)
+    loud = run_here(capsys, GRADIENT, *arguments, tmp_path / "loud")
+    quiet = run_here(capsys, GRADIENT, *arguments, tmp_path / "quiet", "-q")
+    silent = run_here(capsys, GRADIENT, *arguments, tmp_path / "silent", "-qq")
     assert loud.returncode == quiet.returncode == silent.returncode == 0
     summary = "3 of 3 pictures explained (2 explanations each); results in "
     assert loud.stdout.splitlines()[-1] == summary + str(tmp_path / "loud")
     assert silent.stdout.splitlines() == [summary + str(tmp_path / "silent")]
     lines = quiet.stdout.splitlines()
     assert len(lines) == 3 * 2 + 2 and lines[-2] == str(tmp_path / "quiet" / "predictions.csv")
-    assert all(line.startswith(str(folder)) and " rollout class " in line and line.endswith(".png") for line in lines[:6])
+    assert all(line.startswith(str(folder)) and " rollout class " in line and line.endswith(".png")
+               for line in lines[:6])
     # predictions.csv: a row per picture and class, the probabilities the loud printout shows
     with open(tmp_path / "loud" / "predictions.csv") as file:
         rows = list(csv.DictReader(file))
@@ -254,28 +259,27 @@ def test_a_folder_run_writes_predictions_and_quiet_runs_say_less(tmp_path, rando
     assert not any(p.name == "predictions.csv" for p in tmp_path.rglob("*") if "one" in p.parts)
 
 
-def test_a_single_picture_writes_no_predictions_file(tmp_path, random_checkpoint):
+def test_a_single_picture_writes_no_predictions_file(capsys, tmp_path, random_checkpoint):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "one.png")
-    result = run(ATTENTION, "--image", tmp_path / "one.png", "--weights", random_checkpoint,
-                 "--output-dir", tmp_path / "out", cwd=tmp_path)
+    result = run_here(capsys, ATTENTION, "--image", tmp_path / "one.png", "--weights", random_checkpoint,
+                 "--output-dir", tmp_path / "out")
     assert result.returncode == 0 and sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".npy", ".png"]
 
 
 # ---- weights: where they come from ----------------------------------------------------------------
 
-def test_the_weights_variable_names_a_file_for_every_run_and_weights_still_wins(tmp_path, random_checkpoint,
-                                                                              planted_checkpoint):
+def test_the_weights_variable_names_a_file_for_every_run_and_weights_still_wins(capsys, monkeypatch, tmp_path,
+                                                                              random_checkpoint, planted_checkpoint):
     Image.fromarray(draw_scene(*SCENE)).save(tmp_path / "scene.png")
-    env = dict(os.environ, DEIT_EXPLAIN_WEIGHTS=str(planted_checkpoint), HF_HUB_OFFLINE="1",
-               HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))
-    named = run(ATTENTION, "--image", tmp_path / "scene.png", "--output-dir", tmp_path / "a", cwd=tmp_path, env=env)
-    given = run(ATTENTION, "--image", tmp_path / "scene.png", "--weights", random_checkpoint,
-                "--output-dir", tmp_path / "b", cwd=tmp_path, env=env)
+    monkeypatch.setenv("DEIT_EXPLAIN_WEIGHTS", str(planted_checkpoint))
+    named = run_here(capsys, ATTENTION, "--image", tmp_path / "scene.png", "--output-dir", tmp_path / "a")
+    given = run_here(capsys, ATTENTION, "--image", tmp_path / "scene.png", "--weights", random_checkpoint,
+                     "--output-dir", tmp_path / "b")
     assert named.returncode == given.returncode == 0, named.stderr + given.stderr
     assert "  1. " in named.stdout and named.stdout.splitlines()[1].split()[2] == str(RED_CLASS)  # the planted model
     assert named.stdout.splitlines()[1] != given.stdout.splitlines()[1]  # --weights won
-    env["DEIT_EXPLAIN_WEIGHTS"] = str(tmp_path / "gone.pth")
-    missing = run(ATTENTION, "--image", tmp_path / "scene.png", "--output-dir", tmp_path / "c", cwd=tmp_path, env=env)
+    monkeypatch.setenv("DEIT_EXPLAIN_WEIGHTS", str(tmp_path / "gone.pth"))
+    missing = run_here(capsys, ATTENTION, "--image", tmp_path / "scene.png", "--output-dir", tmp_path / "c")
     assert missing.returncode == 2 and missing.stderr.splitlines()[-1].endswith(
         f"weights file not found: {tmp_path / 'gone.pth'} (the file $DEIT_EXPLAIN_WEIGHTS names)")
 

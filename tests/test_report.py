@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from deit_functional.report import Entry, finding, summary
-from script_runs import ATTENTION, GRADIENT, run
+from script_runs import ATTENTION, GRADIENT, run_here
 
 
 def scores(positive, negative):
@@ -63,11 +63,12 @@ def planted_folder(tmp_path_factory):
     return folder
 
 
-def test_one_report_over_a_folder_two_classes_and_two_methods_says_what_the_evaluation_files_say(planted_folder):
+def test_one_report_over_a_folder_two_classes_and_two_methods_says_what_the_evaluation_files_say(planted_folder,
+                                                                                                 capsys):
     out = planted_folder / "out"
     arguments = ["--image", planted_folder / "my pictures", "--weights", planted_folder / "planted.safetensors",
                  "--category", "87", "samoyed", "--method", "rollout,chefer", "--report", "--output-dir", out]
-    result = run(GRADIENT, *arguments, cwd=planted_folder)
+    result = run_here(capsys, GRADIENT, *arguments)
     assert result.returncode == 0, result.stderr
     markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert result.stdout.splitlines()[-4:-2] == [str(out / "report.html"), str(out / "report.md")]
@@ -117,16 +118,16 @@ def test_one_report_over_a_folder_two_classes_and_two_methods_says_what_the_eval
             ys = [float(p.split(",")[1]) for p in points.split()]
             np.testing.assert_allclose(ys, [150 - v / top * 150 for v in first["fusions"][fusion][order]], atol=0.051)
     # a second run never overwrites the first report
-    again = run(GRADIENT, *arguments, cwd=planted_folder)
+    again = run_here(capsys, GRADIENT, "--image", planted_folder / "my pictures" / "scene 0.png", *arguments[2:])
     assert again.returncode == 0, again.stderr
     assert (out / "report.md").read_text() == markdown and (out / "report-2.md").exists()
     assert (out / "report-2.html").exists() and (out / "report.html").read_text() == page
 
 
-def test_report_takes_the_fusion_asked_for(planted_folder, tmp_path):
-    result = run(ATTENTION, "--image", planted_folder / "my pictures" / "scene 0.png", "--weights",
-                 planted_folder / "planted.safetensors", "--report", "--head-fusion", "max",
-                 "--output-dir", tmp_path, cwd=tmp_path)
+def test_report_takes_the_fusion_asked_for(planted_folder, tmp_path, capsys):
+    result = run_here(capsys, ATTENTION, "--image", planted_folder / "my pictures" / "scene 0.png", "--weights",
+                      planted_folder / "planted.safetensors", "--report", "--head-fusion", "max",
+                      "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "report.md").read_text()
     assert "| max | " in markdown and "| mean | " not in markdown and "1 of 1 |" in markdown
