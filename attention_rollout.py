@@ -2,7 +2,7 @@
 """Attention Rollout for DeiT-tiny: python attention_rollout.py --image path/to/image
 (Attention Flow with --method flow; DeiT-small or -base with --model)
 
-See --help for options; the maths lives in deit_functional/rollout.py.
+See --help for options; the methods live in deit_functional/methods.py (the table) and the modules it names.
 """
 import sys
 from pathlib import Path
@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from any directo
 from deit_functional.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(methods=("attention", "flow")))
+    sys.exit(main(class_specific=False))

@@ -1,6 +1,6 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
-    python bench/benchmark.py            # batch 1, 32 and 64, attention flow, whole processes (10-15 min)
+    python bench/benchmark.py            # batch 1, 32 and 64, every method, attention flow, whole processes (15-20 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
 Every row runs on the same seeded random weights (in the same memory: sharing_storage) and
@@ -37,7 +37,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from deit_functional import explain, load_weights  # noqa: E402
+from deit_functional import METHODS, explain, load_weights  # noqa: E402
+from deit_functional.attention_gradients import LEGRAD_LAYERS  # noqa: E402
+from deit_functional.model import L, head, trace  # noqa: E402
+from deit_functional.model_run import Keeps, run_model  # noqa: E402
 from deit_functional.pipeline import keep_freed_memory  # noqa: E402
 from timm_reference import attention_fused, hook_based_rollout, random_timm_model  # noqa: E402
 
@@ -98,6 +101,33 @@ def rows(device):
     }
 
 
+def method_rows(device):
+    """name -> function of the input batch: timm's passes, then every method but Attention Flow
+    (its own table) as the command line runs it by default, then LeGrad's gradients the plain way."""
+    model = random_timm_model(device=device)
+    weights = sharing_storage(load_weights(model, device=device), model)
+    floor = rows(device)
+    found = {name: floor[name] for name in (FLOOR, UNFUSED, BACKWARD)}
+    for name, m in METHODS.items():
+        if name != "flow":
+            how = dict(category=CATEGORY if m.uses_gradient else None, discard_ratio=m.cli_discard_ratio or 0.0)
+            found[f"ours: {name}"] = lambda x, name=name, how=how: explain(weights, x, name, **how)
+    for count in (LEGRAD_LAYERS, L):  # the method's layers, and every layer (its start set to 1)
+        found[f"LeGrad's gradients, last {count} layers, one backward (model_run)"] = \
+            lambda x, count=count: run_model(weights, x, Keeps(read_out_layers=count), CATEGORY)
+        found[f"LeGrad's gradients, last {count} layers, a backward each"] = \
+            lambda x, count=count: legrad_gradients_one_by_one(weights, x, count)
+    return found
+
+
+def legrad_gradients_one_by_one(weights, x, count):
+    """What model_run.run_model gets from one backward pass for LeGrad, the plain way: ∂s_l/∂A_l
+    for each of the last ``count`` layers by a backward pass of its own."""
+    kept = trace(weights, x, keep_grad=("attentions",))
+    scores = [head(t, weights)[:, CATEGORY].sum() for t in kept.tokens[-count:]]
+    return [torch.autograd.grad(s, a, retain_graph=True)[0] for s, a in zip(scores, kept.attentions[-count:])]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -146,7 +176,7 @@ def peak_memory_mb(device, batch, name):
 
 def _measure_memory(device, batch, name):
     device = torch.device(device)
-    fn = rows(device)[name]
+    fn = {**rows(device), **method_rows(device)}[name]
     x = torch.randn(batch, 3, 224, 224).to(device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -163,8 +193,8 @@ def _measure_memory(device, batch, name):
     return (status("VmHWM:") - before) / 1024
 
 
-def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS):
-    functions = rows(device)
+def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS, functions=None, heading=""):
+    functions = functions or rows(device)
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
     for fn in functions.values():  # warm up
         fn(x)
@@ -175,7 +205,7 @@ def table(device, batch, repeats, memory, more_rounds=MORE_ROUNDS):
         more = time_rounds(functions, x, device, repeats)
         times = {name: times[name] + more[name] for name in functions}
         rounds += 1
-    lines = [f"\n{device.type}, batch {batch} ({rounds} × {repeats} interleaved repeats; ratios: median "
+    lines = [f"\n{heading}{device.type}, batch {batch} ({rounds} × {repeats} interleaved repeats; ratios: median "
              "(smallest–largest) of the paired ratios)",
              "| | ms/image | images/s | × fused fwd | × unfused fwd | × fused fwd+bwd |"
              + (" peak MB |" if memory else ""),
@@ -326,6 +356,8 @@ def main():
               more_rounds=0 if args.smoke else MORE_ROUNDS)
         if not args.smoke:
             table(device, 64, 1, memory=True)
+        table(device, batch, 1 if args.smoke else 3, memory=not args.smoke, more_rounds=0 if args.smoke else 1,
+              functions=method_rows(device), heading="every method (flow: below), ")
     flow_table((1,) if args.smoke else (1, 4), 1 if args.smoke else 5)
     script_table(1 if args.smoke else 5, (3, 6) if args.smoke else (64, 320), batch,
                  more_rounds=0 if args.smoke else MORE_ROUNDS)

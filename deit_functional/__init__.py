@@ -12,7 +12,7 @@ _MODULE_OF = {
     "explain": "explanations", "explain_by_layer": "explanations",
     "forward": "model",
     "WeightsError": "weights", "load_weights": "weights",
-    "METHODS": "rollout", "attention_rollout": "rollout", "gradient_rollout": "rollout",
+    "METHODS": "methods", "attention_rollout": "rollout", "gradient_rollout": "rollout",
     "chefer_rollout": "rollout", "attention_flow": "rollout",
 }
 __all__ = list(_MODULE_OF)

@@ -20,7 +20,8 @@ from .labels import class_index
 from .model import ARCHITECTURES, C, DEFAULT_MODEL
 from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
-from .rollout import HEAD_FUSIONS, METHODS
+from .methods import METHODS
+from .rollout import HEAD_FUSIONS
 from .weights import WEIGHTS_VARIABLE, WeightsError, load_weights
 
 # what --evaluate adds, measured in bench/README.md ("What --evaluate costs")
@@ -82,9 +83,10 @@ PURPOSE = {False: "where DeiT-tiny's (or --model's) class token looks, through a
                  "(one backward pass at inference)"}  # by whether the methods use the gradient
 
 
-def parser_for(methods):
-    """The parser of a script that offers ``methods`` (keys of METHODS, its default first)."""
-    default = METHODS[methods[0]]
+def parser_for(names):
+    """The parser of a script that offers the methods ``names`` (keys of METHODS, its default first)."""
+    methods = [METHODS[name] for name in names]
+    default = methods[0]
     p = argparse.ArgumentParser(
         description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, a "
                     "figure PNG (the picture, and the map over a grey copy of it: red = most relevant, "
@@ -104,20 +106,27 @@ def parser_for(methods):
                        help=f"ImageNet class(es) to explain, each by index 0..{C - 1} or by name, "
                             "case-insensitive, any unique start of one of its names (e.g. 87 or 'african grey', "
                             "258 or samoyed); several, each explained in turn: 87 258 or 87,258")
+    else:  # refused in check_applies, with a line that says where a class's map comes from
+        p.add_argument("--category", nargs="+", help=argparse.SUPPRESS)
     if len(methods) > 1:
-        options = {METHODS[m].option: m for m in methods}
-        p.add_argument("--method", type=listed(choice(options)), nargs="+", default=[[methods[0]]], metavar="NAME",
-                       help="; ".join(f"{METHODS[m].option}: {METHODS[m].title}, {METHODS[m].description}"
-                                      for m in methods) + f" (default: {default.option}); several, each "
-                                      "explained in turn: " + " ".join(options) + " or " + ",".join(options))
+        options = {m.option: m for m in methods}
+        p.add_argument("--method", type=listed(choice(options)), nargs="+", default=[[default]], metavar="NAME",
+                       help="; ".join(f"{m.option}: {m.title}, {m.description} ({m.paper})" for m in methods)
+                            + f" (default: {default.option}); several, each explained in turn: "
+                            + " ".join(list(options)[:2]) + " or " + ",".join(list(options)[:2]))
+    own_way = [m.option for m in methods if not m.fuses_heads]
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",),
                    help="how each layer's 3 heads are combined; 'all' draws mean, min and max "
-                        "in one figure (default: mean; all with --report)")
-    defaults = ", ".join(f"{METHODS[m].cli_discard_ratio:g} with --method {METHODS[m].option}" for m in methods)
+                        "in one figure (default: mean; all with --report)"
+                        + (f"; {', '.join(own_way)} treat the heads their own way and take none" if own_way else ""))
+    discarding = [m for m in methods if m.discards]
+    defaults = ", ".join(f"{m.cli_discard_ratio:g} with --method {m.option}" for m in discarding)
     p.add_argument("--discard-ratio", type=discard_ratio, metavar="R",
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
                         "attention to the class token is never discarded (default: "
-                        + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")")
+                        + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")"
+                        + ("; only the rollouts (" + ", ".join(m.option for m in discarding) + ") discard"
+                           if len(discarding) < len(methods) else ""))
     p.add_argument("--overlay", choices=BACKDROPS, default="grey",
                    help="what the map is drawn over: a greyscale copy of the picture, so that red means "
                         "relevance and nothing else, or the picture in colour (default: %(default)s)")
@@ -247,10 +256,12 @@ def usable_devices():
     return ["cpu", *cuda, *(["mps"] if torch.backends.mps.is_available() else [])]
 
 
-def job_from(args, methods):
-    """The parsed arguments of a script offering ``methods`` -> the pipeline's Job."""
+def job_from(args, names):
+    """The parsed arguments of a script offering the methods ``names`` -> the pipeline's Job,
+    checked: every option given applies to a method chosen."""
     flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
-    chosen = flat(args.method) if len(methods) > 1 else methods[:1]
+    chosen = flat(args.method) if len(names) > 1 else (METHODS[names[0]],)
+    check_applies(args, chosen)
     fusion = args.head_fusion or ("all" if args.report else "mean")
     return Job(methods=chosen, categories=flat(getattr(args, "category", None) or []),
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
@@ -260,10 +271,35 @@ def job_from(args, methods):
                look=Look(args.overlay, args.alpha), quiet=args.quiet)
 
 
-def main(methods, argv=None):
-    """Run a script that offers ``methods`` (keys of METHODS, its default first) -> exit status."""
+def check_applies(args, methods):
+    """Refuse an option none of ``methods`` (Method) takes: a head fusion, a discard ratio, or a
+    layer-by-layer output for a method that is not built layer by layer."""
+    if not any(m.uses_gradient for m in methods) and args.category is not None:
+        raise UsageError(f"--category: {', '.join(m.option for m in methods)} explain{'s' * (len(methods) == 1)} "
+                         "what the model looks at, not one class; for a class's map run gradient_rollout.py")
+    if args.head_fusion not in (None, "all") and not any(args.head_fusion in m.fusions for m in methods):
+        offered = "; ".join(f"{m.option}: {' or '.join(m.fusions)}" for m in methods)
+        raise UsageError(f"--head-fusion {args.head_fusion}: no method chosen offers it ({offered})")
+    if args.discard_ratio is not None and not any(m.discards for m in methods):
+        raise UsageError(f"--discard-ratio: {', '.join(m.option for m in methods)} discard"
+                         f"{'s' * (len(methods) == 1)} nothing; only the rollouts do")
+    flat = [m for m in methods if m.rollout is None]
+    if (args.per_layer or args.html) and flat:
+        option = "--per-layer" if args.per_layer else "--html"
+        raise UsageError(f"{option} shows a map built layer by layer; {', '.join(m.option for m in flat)} "
+                         f"{'is' if len(flat) == 1 else 'are'} not (choose a rollout)")
+
+
+def script_methods(class_specific):
+    """The methods a script offers, in METHODS' order, its default first: gradient_rollout.py the
+    class-specific ones, attention_rollout.py the others."""
+    return tuple(name for name, m in METHODS.items() if m.uses_gradient == class_specific)
+
+
+def main(class_specific, argv=None):
+    """Run gradient_rollout.py (``class_specific``) or attention_rollout.py -> exit status."""
     with names_printable():  # file names that are not valid UTF-8 print as they are (console.py)
-        return _main(methods, argv)
+        return _main(script_methods(class_specific), argv)
 
 
 def _main(methods, argv):
@@ -273,7 +309,7 @@ def _main(methods, argv):
     try:
         job = job_from(args, methods)
         for method in job.methods:
-            METHODS[method].check_available()  # e.g. SciPy for flow, before the model loads
+            method.check_available()  # e.g. SciPy for flow, before the model loads
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)

@@ -24,7 +24,6 @@ import numpy as np
 from .curves import curves_svg
 from .labels import short_name, top
 from .model import ARCHITECTURES
-from .rollout import METHODS
 
 SIDE = 448  # the picture's longer side on the page, in pixels
 
@@ -57,7 +56,7 @@ def page_data(result):
     """A PictureResult with ``attentions`` and ``layers`` -> the page's numbers, JSON-ready."""
     codes, step = quantised_rows(result.attentions)
     L, H, N, _ = codes.shape
-    method = METHODS[result.method]
+    method = result.method
     return {
         "picture": _b64(_jpeg(result.picture)),
         "file": result.path.name,

@@ -91,14 +91,16 @@ def mlp(x, p):
 
 
 def block(x, p):
-    """Pre-norm transformer block: (B, N, D) -> ((B, N, D), attention map (B, H, N, N)).
+    """Pre-norm transformer block: (B, N, D) -> ((B, N, D), attention map (B, H, N, N), the
+    attention's input norm1(x) (B, N, D)).
 
     The residual stream is the two visible additions.
     """
-    mixed, attn = attention(layer_norm(x, p["norm1"]), p["attn"])
+    normed = layer_norm(x, p["norm1"])
+    mixed, attn = attention(normed, p["attn"])
     x = x + mixed
     x = x + mlp(layer_norm(x, p["norm2"]), p["mlp"])
-    return x, attn
+    return x, attn, normed
 
 
 def head(x, w):
@@ -106,22 +108,57 @@ def head(x, w):
     return F.linear(layer_norm(x, w["norm"])[:, 0], **w["head"])
 
 
+@dataclass(frozen=True)
+class Trace:
+    """What one forward pass went through, for the methods that read more than the maps."""
+    logits: torch.Tensor    # (B, C)
+    attentions: list        # L post-softmax maps (B, H, N, N), first block first
+    attention_inputs: list  # L (B, N, D): norm1(x_(l-1)), what block l's attention reads
+    tokens: list            # L + 1 (B, N, D): x_0 the embedding, then each block's output x_l
+
+
+TRACED = ("attentions", "attention_inputs", "tokens")  # the Trace fields whose tensors can keep .grad
+
+
+def trace(weights, images, keep_grad=(), graph_from=0, blocks_apart=False):
+    """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised images -> Trace, the same numbers as ``forward``.
+
+    ``keep_grad`` names Trace fields (TRACED) whose tensors keep their ``.grad`` after
+    ``backward()``. The weights are plain tensors that need no gradient, so the token stream is
+    made the leaf the graph grows from: the input of block ``graph_from`` (the blocks before it
+    run without autograd, for a gradient wanted only further on). With ``blocks_apart`` every
+    block reads a detached copy of its input, so a gradient from the tokens x_l reaches block
+    l's map and no earlier one -- each layer's own gradient, all in one backward pass.
+    """
+    graded = bool(keep_grad) or torch.is_grad_enabled()
+    attentions, inputs, tokens = [], [], []
+    with torch.set_grad_enabled(graded and graph_from == 0):
+        x = embed(images, weights)
+    for index, p in enumerate(weights["blocks"]):
+        tokens.append(x)
+        with torch.set_grad_enabled(graded and index >= graph_from):
+            if keep_grad and (blocks_apart or (index == graph_from and not x.requires_grad)):
+                x = x.detach().requires_grad_(True)  # a leaf: the gradient stops here
+            x, attn, normed = block(x, p)
+        attentions.append(attn)
+        inputs.append(normed)
+    tokens.append(x)
+    with torch.set_grad_enabled(graded):
+        logits = head(x, weights)
+    kept = Trace(logits, attentions, inputs, tokens)
+    for name in keep_grad:
+        for tensor in getattr(kept, name):
+            if tensor.requires_grad:
+                tensor.retain_grad()
+    return kept
+
+
 def forward(weights, images, retain_grad=False):
     """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised images -> ``(logits, attentions)``.
 
     logits are (B, C); attentions a list of L post-softmax maps, each (B, H, N, N), first block
     first. With ``retain_grad=True`` every map keeps its ``.grad`` after ``backward()`` from the
-    logits -- the weights are plain tensors that need no gradient, so the token stream is made
-    the leaf the graph grows from.
+    logits (``trace`` keeps more).
     """
-    with torch.set_grad_enabled(retain_grad or torch.is_grad_enabled()):
-        x = embed(images, weights)
-        if retain_grad and not x.requires_grad:
-            x.requires_grad_(True)
-        attentions = []
-        for p in weights["blocks"]:
-            x, attn = block(x, p)
-            if retain_grad:
-                attn.retain_grad()
-            attentions.append(attn)
-        return head(x, weights), attentions
+    kept = trace(weights, images, keep_grad=("attentions",) if retain_grad else ())
+    return kept.logits, kept.attentions

@@ -22,7 +22,8 @@ from .drawing import Look, curves_figure, layer_figure, result_figure, upsample
 from .explorer import explorer_page
 from .labels import class_names, rank, short_name, top, top_classes
 from .model import ARCHITECTURES, DEFAULT_MODEL
-from .rollout import HEAD_FUSIONS, METHODS, method_named
+from .methods import METHODS, Method
+from .rollout import HEAD_FUSIONS
 from .writing import (discard, publish, stage, write_figure, write_json, write_new, write_npy, write_png,
                       write_text)
 
@@ -38,7 +39,7 @@ class PictureResult:
     layers: dict = field(default_factory=dict)
     category: int | None = None   # the class explained: a gradient method's, else the top one
     faithfulness: dict | None = None  # head fusion -> perturbation-test scores (evaluate.py)
-    method: str = "attention"     # a key of rollout.METHODS
+    method: Method = METHODS["attention"]
     attentions: np.ndarray | None = None  # (L, H, N, N) the model's maps, for the explorer page
     model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES
     discard_ratio: float = 0.0    # the share of each layer's lowest entries the method discarded
@@ -62,16 +63,16 @@ def looks_like_a_result(path):
     figures, plots): a run never explains those, so the output folder can be the input folder
     without a run's results being explained by the next one."""
     methods = "|".join(re.escape(m.file_name) for m in METHODS.values())
-    fusion = "(" + "|".join(HEAD_FUSIONS) + ")"
+    fusion = "(" + "|".join(dict.fromkeys(f for m in METHODS.values() for f in m.fusions)) + ")"
     return re.search(rf"_({methods})_(all|{fusion}(\+{fusion})*)_discard[0-9.e+-]+(_category\d+)?(-\d+)?"
                      rf"(_{fusion})?(_layers|_evaluation)?$", Path(path).stem) is not None
 
 
 def file_tag(method, head_fusions, discard_ratio, category=None, model=DEFAULT_MODEL):
-    """The part of every file name that says how the picture was explained (and by which DeiT,
-    where not the default one)."""
+    """The part of every file name that says how Method ``method`` explained the picture (and by
+    which DeiT, where not the default one)."""
     fusions = "all" if tuple(head_fusions) == HEAD_FUSIONS else "+".join(head_fusions)
-    parts = [method_named(method).file_name, fusions, f"discard{ratio_text(discard_ratio)}"]
+    parts = [method.file_name, fusions, f"discard{ratio_text(discard_ratio)}"]
     if model != DEFAULT_MODEL:
         parts.insert(0, ARCHITECTURES[model].title.lower())  # e.g. deit-small
     if category is not None:
@@ -183,7 +184,8 @@ def write(result, endings, names, targets, look=Look()):
 def savers(result, endings, look=Look()):
     """-> ({kind: save(file)} for each file of ``endings`` that can be made, notes on the rest):
     the drawing is done here, the writing by each save."""
-    grids = {(f"{f} fusion" if len(result.maps) > 1 else f"{f} fusion, red = most relevant"): g
+    fused = lambda f: f"{f} fusion" if result.method.fuses_heads else "the map"
+    grids = {(fused(f) if len(result.maps) > 1 else f"{fused(f)}, red = most relevant"): g
              for f, g in result.maps.items()}
     files = {"overlay": partial(write_png, picture=result_figure(result.picture, grids, title(result), look))}
     for fusion, grid in result.maps.items():
@@ -210,11 +212,12 @@ def savers(result, endings, look=Look()):
 def title(result, fusion=None):
     """What ``result`` explains, in a line: method, head fusion (``fusion``, or all the
     result's), discard ratio, the class with its probability and rank, and the DeiT."""
-    method = METHODS[result.method]
-    fusions = fusion or " | ".join(result.maps)
+    method = result.method
+    how = [f"{fusion or ' | '.join(result.maps)} fusion"] if method.fuses_heads else []
+    how += [f"discard ratio {ratio_text(result.discard_ratio)}"] if method.discards else []
     which = "class" if method.uses_gradient else "top class"
-    return (f"{method.title}, {fusions} fusion, discard ratio {ratio_text(result.discard_ratio)}: {which} "
-            f"{class_line(result.probabilities, result.category)}; {ARCHITECTURES[result.model].title}")
+    return (", ".join([method.title, *how]) + f": {which} {class_line(result.probabilities, result.category)}; "
+            f"{ARCHITECTURES[result.model].title}")
 
 
 def class_line(probabilities, category):
@@ -229,7 +232,7 @@ def printed(result, files, notes, quiet=0, first=True):
     ``quiet`` 0, for the picture's ``first`` explanation the picture and its top-5 classes, then
     the class explained (a gradient method's), the faithfulness table, notes and every file;
     with 1, one line: the picture, what was explained and the figure; with 2, none."""
-    method = METHODS[result.method]
+    method = result.method
     if quiet >= 2:
         return []
     if quiet == 1:

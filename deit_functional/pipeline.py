@@ -44,16 +44,15 @@ from .model import DEFAULT_MODEL
 from .drawing import Look
 from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
 from .report import entry as report_entry, write_report
-from .rollout import METHODS
 
 
 @dataclass(frozen=True)
 class Job:
     """What to do with every picture (checked by the command line, or by a caller)."""
-    methods: tuple                # keys of rollout.METHODS, each explained in turn
+    methods: tuple                # methods.Method, each explained in turn
     categories: tuple             # the classes the methods that use the gradient explain, each in turn
-    head_fusions: tuple           # e.g. ("mean",) or ("mean", "min", "max")
-    discard_ratio: float | None   # None: each method's own (Method.cli_discard_ratio)
+    head_fusions: tuple           # e.g. ("mean",) or ("mean", "min", "max"), for the methods that fuse heads
+    discard_ratio: float | None   # None: each method's own (Method.cli_discard_ratio); for those that discard
     output_dir: Path
     batch_size: int = 32
     per_layer: bool = False       # also the rollout through each layer (drawing.layer_figure)
@@ -66,29 +65,37 @@ class Job:
     quiet: int = 0                # 0 everything; 1 a line per picture and explanation; 2 the summary only
 
     def ratio(self, method):
-        """The discard ratio ``method`` runs with."""
-        return METHODS[method].cli_discard_ratio if self.discard_ratio is None else self.discard_ratio
+        """The discard ratio Method ``method`` runs with (0 where it discards nothing)."""
+        if not method.discards:
+            return 0.0
+        return method.cli_discard_ratio if self.discard_ratio is None else self.discard_ratio
+
+    def fusions(self, method):
+        """The head fusions Method ``method`` runs with: the job's it offers, else its own first."""
+        return tuple(f for f in self.head_fusions if f in method.fusions) or method.fusions[:1]
 
     def explanations(self):
         """-> [(method, category)]: every method, for every class where it explains one."""
-        if any(METHODS[m].uses_gradient for m in self.methods) and not self.categories:
+        if any(m.uses_gradient for m in self.methods) and not self.categories:
             raise ValueError("a method that uses the gradient explains a class: give categories")
-        return [(m, c) for m in self.methods for c in (self.categories if METHODS[m].uses_gradient else (None,))]
+        return [(m, c) for m in self.methods for c in (self.categories if m.uses_gradient else (None,))]
 
 
 def explain_batch(weights, batch, job, device, method, category):
     """[(path, (H, W, 3) uint8 picture, (3, 224, 224) its to_input)] -> [PictureResult]: one model
-    run of ``method`` (for ``category``, or None), through explain() or explain_by_layer's two
-    steps, and the perturbation test where asked. Results hold numpy arrays, for the writer
+    run of Method ``method`` (for ``category``, or None), through explain() or explain_by_layer's
+    two steps, and the perturbation test where asked. Results hold numpy arrays, for the writer
     threads."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
+    fusions = job.fusions(method)
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
-        logits, attentions, gradients = run_method(weights, inputs, method, category)
-        by_layer, own = maps_by_layer(method, attentions, gradients, job.head_fusions, job.ratio(method))
+        run = run_method(weights, inputs, method, category)
+        by_layer, own = maps_by_layer(method, run, fusions, job.ratio(method))
         maps = {f: m[-1] for f, m in by_layer.items()}  # through all L layers: explain()'s map
-        attentions = torch.stack(attentions, dim=1).cpu().numpy() if job.html else None  # (B, L, H, N, N)
+        logits = run.logits
+        attentions = torch.stack(run.attentions, dim=1).cpu().numpy() if job.html else None  # (B, L, H, N, N)
     else:
-        logits, maps = explain(weights, inputs, method, category=category, head_fusions=job.head_fusions,
+        logits, maps = explain(weights, inputs, method, category=category, head_fusions=fusions,
                                discard_ratio=job.ratio(method))
     probabilities = logits.softmax(dim=-1).cpu().numpy()
     results = []
@@ -98,7 +105,7 @@ def explain_batch(weights, batch, job, device, method, category):
         results.append(PictureResult(
             path, picture, probabilities[row], {f: g.cpu().numpy() for f, g in grids.items()},
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
-                    for f in job.head_fusions} if job.per_layer or job.html else {},
+                    for f in fusions} if job.per_layer or job.html else {},
             category=explained,
             faithfulness=perturbation_test(weights, inputs[row], grids, explained) if job.evaluate else None,
             method=method, attentions=attentions[row] if job.html else None, model=job.model,
@@ -131,7 +138,7 @@ def run(paths, weights, job, device, printout=None):
     # Pillow warns about files it reads well (palette transparency, odd EXIF fields): a run
     # reports only what stops a picture.
     warnings.filterwarnings("ignore", module=r"PIL\.")
-    names = {(m, c): Names(job.output_dir, file_tag(m, job.head_fusions, job.ratio(m), c, job.model))
+    names = {(m, c): Names(job.output_dir, file_tag(m, job.fusions(m), job.ratio(m), c, job.model))
              for m, c in explanations}
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
@@ -244,14 +251,14 @@ def run(paths, weights, job, device, printout=None):
 
 def _asked(result):
     """The category a result was asked for: its class for a method that uses the gradient, else None."""
-    return result.category if METHODS[result.method].uses_gradient else None
+    return result.category if result.method.uses_gradient else None
 
 
 def _which(result, explanations):
     """' (gradient-rollout, class 87)' where a run has several explanations, else ''."""
     if len(explanations) == 1:
         return ""
-    method = METHODS[result.method]
+    method = result.method
     return f" ({method.file_name}" + (f", class {result.category})" if method.uses_gradient else ")")
 
 

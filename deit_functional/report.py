@@ -29,7 +29,6 @@ from .curves import curves_svg
 from .labels import short_name, top
 from .model import ARCHITECTURES
 from .outputs import ratio_text
-from .rollout import METHODS
 from .writing import write_new, write_text
 
 RULE = ("Perturbation test (Chefer et al. 2021): the patches of the 14x14 grid are removed (set to the "
@@ -47,7 +46,7 @@ class Entry:
     picture: str           # the picture's path, as given
     overlay: str           # the result figure's path
     top5: list             # [(probability, class index, class name)]
-    method: str            # a key of rollout.METHODS
+    method: object         # a methods.Method
     category: int          # the class explained (a gradient method's), or the top class, which is scored
     faithfulness: dict     # head fusion -> perturbation-test scores (evaluate.py)
     discard_ratio: float
@@ -62,9 +61,9 @@ def entry(result, overlay):
 def explanation(e):
     """What an entry explains, as a heading: the method, its class where it explains one, and
     its discard ratio."""
-    method = METHODS[e.method]
+    method = e.method
     return (method.title + (f" for class {e.category}, {short_name(e.category)}" if method.uses_gradient else "")
-            + f" (discard ratio {ratio_text(e.discard_ratio)})")
+            + (f" (discard ratio {ratio_text(e.discard_ratio)})" if method.discards else ""))
 
 
 def explanations(entries):
@@ -90,10 +89,11 @@ def finding(heading, entries):
     """The paragraph that says, in the run's numbers, which fusion scored best for one explanation."""
     scores = summary(entries)
     count = pictures(len(entries))
-    scored = "the class explained" if METHODS[entries[0].method].uses_gradient else "each picture's top class"
+    scored = "the class explained" if entries[0].method.uses_gradient else "each picture's top class"
     if len(scores) == 1:
         [(fusion, (positive, negative, _))] = scores.items()
-        return (f"{heading}, {fusion} fusion, over {count}, scored for {scored}: mean positive AUC "
+        fused = f", {fusion} fusion" if entries[0].method.fuses_heads else ""
+        return (f"{heading}{fused}, over {count}, scored for {scored}: mean positive AUC "
                 f"{positive:.3f}, mean negative AUC {negative:.3f}.")
     margin = {f: round(n - p, 4) for f, (p, n, _) in scores.items()}  # as the tables show them
     best = [f for f in scores if margin[f] == max(margin.values())]

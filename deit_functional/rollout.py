@@ -28,8 +28,8 @@ as the capacities of a layered graph; a patch's value is the maximum flow from t
 the top to that patch at the bottom (max_flow.py). Rollout multiplies along paths and sums;
 flow is held to each path's narrowest edge.
 
-METHODS below is the one table of these methods: the command line, ``explain()``, the output
-file names and the docs all read it. The fast forms of the formulas live in fast_forms.py.
+ROLLOUTS below describes these four for methods.METHODS, the one table of every method. The
+fast forms of the formulas live in fast_forms.py.
 
 Shapes: B batch, H heads, N tokens (CLS first), G patch grid side, L layers (model.py).
 """
@@ -101,7 +101,11 @@ def add_skip(layer, renormalise=True):
 
 def to_grid(relevance):
     """(B, N) CLS row -> (B, G, G) map over the patches, each scaled to max 1 (all-zero stays 0)."""
-    patches = relevance[:, 1:]
+    return patch_grid(relevance[:, 1:])
+
+
+def patch_grid(patches):
+    """(B, G*G) values of the patches, row by row -> (B, G, G), each image's scaled to max 1."""
     peak = patches.amax(dim=1, keepdim=True).clamp_min(torch.finfo(patches.dtype).tiny)
     G = int(round(patches.shape[1] ** 0.5))
     return rearrange(patches / peak, "b (gh gw) -> b gh gw", gh=G, gw=G)
@@ -123,74 +127,38 @@ def flow(layers, renormalise=True):
     return to_grid(flows.to(layers[0].dtype)).to(layers[0].device)
 
 
-def no_check():
-    """For a method that runs wherever the core packages do."""
-
-
 @dataclass(frozen=True)
-class Method:
-    """One explanation method: how it makes a layer's map, and how the command line shows it."""
+class Rollout:
+    """A method that builds its map layer by layer: each layer's map A_l, then their combine."""
     layer: Callable           # (attention, gradient or None, head_fusion) -> A_l (B, N, N)
     combine: Callable         # (A_1..A_L, renormalise) -> (B, G, G): rollout or flow
     renormalise: bool         # Ã_l = (A_l + I) / rowsum, or A_l + I
-    uses_gradient: bool       # explains one class, through the gradient of its logit
-    option: str               # its name under its script's --method
-    file_name: str            # its name in output file names
-    cli_discard_ratio: float  # the command line's default discard ratio (the library's is 0)
-    title: str
-    description: str          # how it works, in one line, for --help
-    check_available: Callable = no_check  # raises ImportError naming what to install
+    uses_gradient: bool       # A_l reads ∂y_c/∂attn_l
     # the same CLS row of the product in one pass, where numpy takes the maps (fast_forms):
     # (attentions, head_fusion, entries to discard per image) -> (B, N)
     fast_cls_row: Callable | None = None
 
 
-METHODS = {
-    "attention": Method(
-        attention_layer, rollout, renormalise=True, uses_gradient=False, option="rollout",
-        file_name="attention-rollout", cli_discard_ratio=0.9, title="Attention Rollout",
-        description="each layer's attention, heads fused, rows renormalised, multiplied through "
-                    "the layers (Abnar & Zuidema 2020)",
-        fast_cls_row=attention_rollout_cls_row),
-    "gradient": Method(
-        gradient_layer, rollout, renormalise=True, uses_gradient=True, option="rollout",
-        file_name="gradient-rollout", cli_discard_ratio=0.9, title="Gradient Rollout",
-        description="each layer's attention weighted by the gradient of the class's logit, heads "
-                    "fused, negatives clamped, rows renormalised"),
-    "chefer": Method(
-        chefer_layer, rollout, renormalise=False, uses_gradient=True, option="chefer",
-        file_name="chefer", cli_discard_ratio=0.0, title="Chefer et al.'s rule",
-        description="R <- R + fuse_h((grad*attn)+) R from R = I, rows not renormalised (ICCV "
-                    "2021; by default nothing discarded, as in the paper)"),
-    "flow": Method(
-        attention_layer, flow, renormalise=True, uses_gradient=False, option="flow",
-        file_name="attention-flow", cli_discard_ratio=0.9, title="Attention Flow",
-        description="the maximum flow from the class token through the layers' attention, read as "
-                    "capacities, to each patch (Abnar & Zuidema 2020; needs SciPy)",
-        check_available=max_flow.require_scipy),
+ROLLOUTS = {  # methods.METHODS holds them under the same names
+    "attention": Rollout(attention_layer, rollout, renormalise=True, uses_gradient=False,
+                         fast_cls_row=attention_rollout_cls_row),
+    "gradient": Rollout(gradient_layer, rollout, renormalise=True, uses_gradient=True),
+    "chefer": Rollout(chefer_layer, rollout, renormalise=False, uses_gradient=True),
+    "flow": Rollout(attention_layer, flow, renormalise=True, uses_gradient=False),
 }
 
 
-def method_named(name):
-    """METHODS[name], or a ValueError that lists the methods."""
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-
-
-def layer_maps(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
-    """L maps (B, H, N, N), and their gradients for a method that uses them -> the L maps A_l
-    (B, N, N) that ``method`` rolls out, the lowest ``discard_ratio`` of each discarded."""
-    m = method_named(method)
-    if m.uses_gradient:
+def layer_maps(spec, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
+    """L maps (B, H, N, N), and their gradients for a Rollout ``spec`` that uses them -> the L maps
+    A_l (B, N, N) that it rolls out, the lowest ``discard_ratio`` of each discarded."""
+    if spec.uses_gradient:
         if gradients is None or len(gradients) != len(attentions) or any(
                 g is None or g.shape != a.shape for a, g in zip(attentions, gradients)):
-            raise ValueError(f"method {method!r} needs one gradient per attention map, of the same "
-                             "shape (run forward(..., retain_grad=True) and backward from a logit)")
+            raise ValueError("this method needs one gradient per attention map, of the same shape (run "
+                             "forward(..., retain_grad=True) and backward from a logit)")
     else:
         gradients = [None] * len(attentions)
-    return [discard_lowest(m.layer(a, g, head_fusion), discard_ratio) for a, g in zip(attentions, gradients)]
+    return [discard_lowest(spec.layer(a, g, head_fusion), discard_ratio) for a, g in zip(attentions, gradients)]
 
 
 def by_layer(combine, layers, renormalise=True):
@@ -199,25 +167,24 @@ def by_layer(combine, layers, renormalise=True):
     return torch.stack([combine(layers[:depth], renormalise) for depth in range(1, len(layers) + 1)])
 
 
-def method_map(method, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
-    """L maps (B, H, N, N) [and their gradients] -> (B, G, G): ``method``'s map, max 1."""
-    m = method_named(method)
-    if fast_form_serves(m, attentions, head_fusion):
+def rolled_out(spec, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
+    """L maps (B, H, N, N) [and their gradients] -> (B, G, G): Rollout ``spec``'s map, max 1."""
+    if fast_form_serves(spec, attentions, head_fusion):
         # The same map as below, fused, discarded and rolled out a few images at a time.
         k = discard_count(attentions[0].shape[-1], discard_ratio)
-        return to_grid(m.fast_cls_row(attentions, head_fusion, k))
-    return m.combine(layer_maps(method, attentions, gradients, head_fusion, discard_ratio), m.renormalise)
+        return to_grid(spec.fast_cls_row(attentions, head_fusion, k))
+    return spec.combine(layer_maps(spec, attentions, gradients, head_fusion, discard_ratio), spec.renormalise)
 
 
-def fast_form_serves(m, attentions, head_fusion):
-    """Whether Method ``m``'s fast_cls_row makes its map of these L maps: it has one, the fusion
-    is one it knows, and numpy takes every map (fast_forms.numpy_takes)."""
-    return m.fast_cls_row is not None and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions)
+def fast_form_serves(spec, attentions, head_fusion):
+    """Whether Rollout ``spec``'s fast_cls_row makes its map of these L maps: it has one, the
+    fusion is one it knows, and numpy takes every map (fast_forms.numpy_takes)."""
+    return spec.fast_cls_row is not None and head_fusion in HEAD_FUSIONS and all(numpy_takes(a) for a in attentions)
 
 
 def attention_rollout(attentions, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) -> (B, G, G) Attention Rollout, each map scaled to max 1."""
-    return method_map("attention", attentions, None, head_fusion, discard_ratio)
+    return rolled_out(ROLLOUTS["attention"], attentions, None, head_fusion, discard_ratio)
 
 
 def gradient_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
@@ -225,7 +192,7 @@ def gradient_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.
 
     ``gradients[i]`` is d(logit of the explained class)/d(attentions[i]).
     """
-    return method_map("gradient", attentions, gradients, head_fusion, discard_ratio)
+    return rolled_out(ROLLOUTS["gradient"], attentions, gradients, head_fusion, discard_ratio)
 
 
 def chefer_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0):
@@ -233,10 +200,10 @@ def chefer_rollout(attentions, gradients, head_fusion="mean", discard_ratio=0.0)
 
     The paper fuses by mean and discards nothing; the options are kept for comparison.
     """
-    return method_map("chefer", attentions, gradients, head_fusion, discard_ratio)
+    return rolled_out(ROLLOUTS["chefer"], attentions, gradients, head_fusion, discard_ratio)
 
 
 def attention_flow(attentions, head_fusion="mean", discard_ratio=0.0):
     """L maps (B, H, N, N) -> (B, G, G) Attention Flow, each map scaled to max 1. Needs SciPy;
     the pictures' flows are solved in worker processes, one per core (max_flow.py)."""
-    return method_map("flow", attentions, None, head_fusion, discard_ratio)
+    return rolled_out(ROLLOUTS["flow"], attentions, None, head_fusion, discard_ratio)

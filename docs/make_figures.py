@@ -23,7 +23,8 @@ from deit_functional.drawing import (curves_figure, grey, join, labelled, layer_
                                      result_figure, to_height, upsample)
 from deit_functional.evaluate import perturbation_test  # noqa: E402
 from deit_functional.outputs import PictureResult, title  # noqa: E402
-from deit_functional.rollout import HEAD_FUSIONS, METHODS  # noqa: E402
+from deit_functional.methods import METHODS  # noqa: E402
+from deit_functional.rollout import HEAD_FUSIONS  # noqa: E402
 from deit_functional.writing import write_atomically  # noqa: E402
 from deit_functional.weights import expected_shapes  # noqa: E402
 from planted import BLUE_CLASS, RED_CLASS, draw_scene, planted_state_dict  # noqa: E402
@@ -114,9 +115,26 @@ def figure_g(weights, picture, x):
     dog-and-parrot case, the class whose square is blue."""
     logits, maps = explain(weights, x[None], "gradient", category=BLUE_CLASS, discard_ratio=0.9)
     result = PictureResult("scene.png", picture, logits.softmax(dim=-1)[0].numpy(), {"mean": maps["mean"][0].numpy()},
-                           category=BLUE_CLASS, method="gradient", discard_ratio=0.9)
+                           category=BLUE_CLASS, method=METHODS["gradient"], discard_ratio=0.9)
     save("g_result_figure.png", result_figure(picture, {"mean fusion, red = most relevant": result.maps["mean"]},
                                               title(result)))
+
+
+def figure_h(weights, picture, x):
+    """Every method of METHODS on the planted scene, each as the command line runs it by default
+    (its first fusion, its discard ratio): the class-specific ones for RED_CLASS."""
+    small = to_height(picture, 105)
+    drawn = [labelled(small, "the planted scene", size=12)]
+    for name, method in METHODS.items():
+        category = RED_CLASS if method.uses_gradient else None
+        grid = explain(weights, x[None], name, category=category, discard_ratio=method.cli_discard_ratio or 0.0)[1]
+        label = method.title + (f", class {RED_CLASS}" if category is not None else "")
+        drawn.append(labelled(overlay(grey(small), upsample(next(iter(grid.values()))[0], small.shape[:2])), label,
+                              size=12))
+    height = max(panel.shape[0] for panel in drawn)
+    drawn = [np.concatenate([np.full((height - p.shape[0], *p.shape[1:]), 255, np.uint8), p]) for p in drawn]
+    drawn += [np.full_like(drawn[0], 255)] * (-len(drawn) % 4)
+    save("h_every_method.png", join([join(drawn[i:i + 4]) for i in range(0, len(drawn), 4)], axis=0))
 
 
 def random_state_dict(seed=0):
@@ -180,6 +198,7 @@ def main():
     figure_e()
     figure_f(weights, picture, x)
     figure_g(weights, picture, x)
+    figure_h(weights, picture, x)
     print(f"done in {time.perf_counter() - start:.1f} s")
 
 

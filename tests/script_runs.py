@@ -12,9 +12,6 @@ def run(script, *args, cwd, env=None):
                           capture_output=True, text=True, timeout=300)
 
 
-SCRIPT_METHODS = {ATTENTION: ("attention", "flow"), GRADIENT: ("gradient", "chefer")}  # as the scripts pass them
-
-
 def run_here(capsys, script, *args):
     """The script's command line run in this process (no 2-3 s of start-up): for tests about
     what a run writes and prints, not about the process itself -> (returncode, stdout, stderr)."""
@@ -23,7 +20,7 @@ def run_here(capsys, script, *args):
     from deit_functional.cli import main
     capsys.readouterr()  # drop what came before
     try:
-        status = main(SCRIPT_METHODS[script], argv=list(map(str, args)))
+        status = main(script == GRADIENT, argv=list(map(str, args)))
     except SystemExit as exit:
         status = exit.code
     captured = capsys.readouterr()

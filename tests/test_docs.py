@@ -34,7 +34,7 @@ def test_every_committed_figure_is_regenerated_and_no_other(regenerated):
 
 @pytest.mark.parametrize("name", ["a_attention_rollout_fusions.png", "b_gradient_red_vs_blue.png",
                                   "c_per_layer.png", "e_random_weights_cat.png", "f_rollout_vs_flow.png",
-                                  "g_result_figure.png"])
+                                  "g_result_figure.png", "h_every_method.png"])
 def test_figures_drawn_by_the_package_are_the_committed_ones(regenerated, name):
     """Pixel for pixel, but for float rounding on other CPUs moving a rare pixel by a level or two."""
     folder, _ = regenerated
@@ -65,8 +65,7 @@ def test_numbers_quoted_by_the_docs_are_the_computed_ones(regenerated):
     for row, (positive, negative) in (("Gradient Rollout (class 87)", true), ("random (seed 0)", random),
                                       ("inverted", inverted)):
         assert f"| {row} | {positive:.3f} | {negative:.3f} |" in WALKTHROUGH
-    assert (f"positive AUC of {true[0]:.3f} and a negative AUC of {true[1]:.3f}, a random map "
-            f"{random[0]:.3f} and {random[1]:.3f}, the inverted map {inverted[0]:.3f} and {inverted[1]:.3f}") in README
+    assert f"scores {true[0]:.3f} and {true[1]:.3f}, a random map {random[0]:.3f} and {random[1]:.3f}." in README
     flat = re.search(r"discard 0 -> ([\d.]+)", printed).group(1)
     assert f"its smallest patch is still {flat}" in WALKTHROUGH
     rollout, flow = (re.search(rf"^  {method}: .*median patch ([\d.]+)$", printed, re.M).group(1)
@@ -75,16 +74,24 @@ def test_numbers_quoted_by_the_docs_are_the_computed_ones(regenerated):
 
 
 def test_the_docs_describe_the_methods_as_their_one_table_does():
-    """The walkthrough's table of methods, row by row, and the names README gives them."""
-    rows = {match[0]: match[1:] for match in re.findall(
+    """The walkthrough's tables, row by row, against METHODS and the rollouts' rows, and the
+    names README gives the methods."""
+    yes = {True: "yes", False: "no"}
+    rollouts = {match[0]: match[1:] for match in re.findall(
         r'\| `"(\w+)"` \| `(\w+)`: [^|]* \| `(\w+)`[^|]* \| (yes|no) \| (yes|no) \| `(\w+)`[^|]* \| `([\w-]+)` \|',
         WALKTHROUGH)}
-    assert set(rows) == set(METHODS)
+    assert set(rollouts) == {name for name, m in METHODS.items() if m.rollout}
+    for name, spec in ((name, m.rollout) for name, m in METHODS.items() if m.rollout):
+        assert rollouts[name] == (spec.layer.__name__, spec.combine.__name__, yes[spec.renormalise],
+                                  yes[spec.uses_gradient], METHODS[name].option, METHODS[name].file_name)
+    table = {match[0]: match[1:] for match in re.findall(
+        r'\| `"([\w-]+)"` \| [^|]+ \| `(\w+)` \| ((?:mean|min|max|none|weighted)(?:, \w+)*) \| (yes|no) \| '
+        r'([^|]+?) \|', WALKTHROUGH)}
+    assert set(table) == set(METHODS)
     for name, method in METHODS.items():
-        yes = {True: "yes", False: "no"}
-        assert rows[name] == (method.layer.__name__, method.combine.__name__, yes[method.renormalise],
-                              yes[method.uses_gradient], method.option, method.file_name)
-        assert f'`"{name}"`' in README and f"`{method.file_name}`" in README
+        assert table[name] == (method.map.__wrapped__.__name__, ", ".join(method.fusions), yes[method.discards],
+                               method.paper)
+        assert f"`{method.file_name}`" in README and method.paper in README
 
 
 def test_readme_stays_a_two_minute_read():

@@ -93,7 +93,7 @@ def test_without_matplotlib_the_evaluation_still_runs_and_says_why_no_plot(tmp_p
     Image.fromarray(draw_scene(64, 64, [("red", 10, 10, 20)])).save(tmp_path / "one.png")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed,
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # even if an earlier test imported it
-    status = main(("attention",), argv=["--image", str(tmp_path / "one.png"), "--evaluate",
+    status = main(False, argv=["--image", str(tmp_path / "one.png"), "--evaluate",
                                         "--weights", str(tmp_path / "planted.safetensors"),
                                         "--output-dir", str(tmp_path / "out")])
     out = capsys.readouterr().out

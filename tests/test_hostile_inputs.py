@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from deit_functional.cli import main
-from deit_functional.images import why_unreadable
+from deit_functional.methods import METHODS
 from deit_functional.outputs import Names, PictureResult, file_tag, name_limit, ratio_text
 from script_runs import ATTENTION, run
 
@@ -122,7 +122,7 @@ def refused(capsys, tmp_path, argv):
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exit, warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
-        main(("attention", "flow"), argv=[str(a) for a in argv])
+        main(False, argv=[str(a) for a in argv])
     captured = capsys.readouterr()
     assert not warned, [str(w.message) for w in warned]
     assert exit.value.code == 2 and captured.out == ""
@@ -228,7 +228,7 @@ def test_weights_that_overflow_on_the_pictures_write_no_nan_map(tmp_path, capsys
     torch.save(huge, tmp_path / "huge.pth")
     folder = folder_of(tmp_path, ["a.png", "b.png"])
     for given, pictures in ((folder, ["a.png", "b.png"]), (folder / "a.png", ["a.png"])):
-        status = main(("attention",), argv=["--image", str(given), "--weights", str(tmp_path / "huge.pth"),
+        status = main(False, argv=["--image", str(given), "--weights", str(tmp_path / "huge.pth"),
                                             "--output-dir", str(tmp_path / "out"), "--per-layer"])
         lines = capsys.readouterr().err.strip().splitlines()
         assert status == 1 and not results(tmp_path / "out")
@@ -316,13 +316,13 @@ def test_a_folder_says_why_each_picture_was_skipped_in_the_words_of_a_single_one
     alone = {}
     for name, _, _ in UNREADABLE[:5]:
         with pytest.raises(SystemExit):
-            main(("attention",), argv=["--image", str(folder / name), "--weights", str(checkpoint),
+            main(False, argv=["--image", str(folder / name), "--weights", str(checkpoint),
                                        "--output-dir", str(tmp_path / "out")])
         alone[name] = capsys.readouterr().err.strip().splitlines()[-1].split("error: ", 1)[1]
-    status = main(("attention",), argv=["--image", str(folder), "--weights", str(checkpoint),
+    status = main(False, argv=["--image", str(folder), "--weights", str(checkpoint),
                                         "--output-dir", str(tmp_path / "out")])
     lines = capsys.readouterr().err.splitlines()
-    assert status == 1 and f"5 of 11 pictures failed" in lines
+    assert status == 1 and "5 of 11 pictures failed" in lines
     assert sorted(line for line in lines if line.startswith("skipped")) == sorted(f"skipped {m}" for m in alone.values())
     assert len(results(tmp_path / "out")) == 6 * 2 + 1  # and predictions.csv
 
@@ -359,13 +359,13 @@ def test_heic_photos_are_read_with_pillow_heif_and_say_what_to_install_without(t
 def test_discard_ratios_that_are_one_number_have_one_name_and_others_never_share_one():
     assert ratio_text(-0.0) == ratio_text(0.0) == "0" and ratio_text(0.9) == "0.9" and ratio_text(1e-05) == "1e-05"
     assert ratio_text(0.9000001) == "0.9000001" and ratio_text(0.12345678) == "0.12345678"  # :g would cut both
-    assert file_tag("attention", ("mean",), -0.0) == file_tag("attention", ("mean",), 0.0)
+    assert file_tag(METHODS["attention"], ("mean",), -0.0) == file_tag(METHODS["attention"], ("mean",), 0.0)
     for ratio in (0.9, 0.9000001, 1 / 3, 0.25, 5e-7):
         assert float(ratio_text(ratio)) == ratio
 
 
 def test_discard_minus_zero_names_its_files_as_zero(tmp_path, capsys, checkpoint):
-    main(("attention",), argv=["--image", str(photo(tmp_path / "p.png")), "--weights", str(checkpoint),
+    main(False, argv=["--image", str(photo(tmp_path / "p.png")), "--weights", str(checkpoint),
                                "--discard-ratio", "-0", "--output-dir", str(tmp_path / "out")])
     assert [p.name for p in results(tmp_path / "out")] == ["p_attention-rollout_mean_discard0.png",
                                                            "p_attention-rollout_mean_discard0_mask.npy"]
@@ -378,7 +378,7 @@ def test_names_near_the_file_system_limit_are_shortened_unique_and_recognisable(
     run writes: all names fit, none is shared, each starts as its picture's name."""
     names = [unit * (count - 1) + end for end in ("x", "y")]
     folder = folder_of(tmp_path, [os.fsencode(n + ".png") for n in names])
-    status = main(("gradient",), argv=["--image", str(folder), "--weights", str(checkpoint), "--category", "87",
+    status = main(True, argv=["--image", str(folder), "--weights", str(checkpoint), "--category", "87",
                                        "--head-fusion", "all", "--per-layer", "--html", "--save-grid",
                                        "--evaluate", "--output-dir", str(tmp_path / "out")])
     assert status == 0, capsys.readouterr().err

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from deit_functional.outputs import Names, PictureResult, file_endings, file_tag, looks_like_a_result, write
-from deit_functional.rollout import HEAD_FUSIONS, METHODS
+from deit_functional.methods import METHODS
+from deit_functional.rollout import HEAD_FUSIONS
 
 pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
 
@@ -14,8 +15,10 @@ pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick 
 def every_result_name():
     """Every picture file name a run can write, for every method, fusion choice and option."""
     fusion_choices = [(f,) for f in HEAD_FUSIONS] + [HEAD_FUSIONS, ("mean", "max")]
-    for method, fusions, ratio, counter in itertools.product(METHODS, fusion_choices, (0.0, 0.9, 1e-5), (1, 12)):
-        category = 87 if METHODS[method].uses_gradient else None
+    runs = [(m, fusions, ratio, counter) for m in METHODS.values() for fusions, ratio, counter in itertools.product(
+        fusion_choices if m.fuses_heads else [m.fusions], (0.0, 0.9, 1e-5) if m.discards else (0.0,), (1, 12))]
+    for method, fusions, ratio, counter in runs:
+        category = 87 if method.uses_gradient else None
         grid = np.zeros((14, 14), np.float32)
         result = PictureResult("photo.jpg", None, None, dict.fromkeys(fusions, grid),
                                layers=dict.fromkeys(fusions, (grid, grid)), faithfulness={})
@@ -39,10 +42,10 @@ def test_ordinary_pictures_are_not_taken_for_results(name):
 
 
 def test_tags_carry_method_fusion_ratio_and_category():
-    assert file_tag("attention", ("max",), 0.9) == "attention-rollout_max_discard0.9"
-    assert file_tag("gradient", HEAD_FUSIONS, 0.0, 258) == "gradient-rollout_all_discard0_category258"
-    assert file_tag("chefer", ("mean", "min"), 0.5, 3) == "chefer_mean+min_discard0.5_category3"
-    larger = file_tag("gradient", ("max",), 0.9, 87, model="deit_base_patch16_224")
+    assert file_tag(METHODS["attention"], ("max",), 0.9) == "attention-rollout_max_discard0.9"
+    assert file_tag(METHODS["gradient"], HEAD_FUSIONS, 0.0, 258) == "gradient-rollout_all_discard0_category258"
+    assert file_tag(METHODS["chefer"], ("mean", "min"), 0.5, 3) == "chefer_mean+min_discard0.5_category3"
+    larger = file_tag(METHODS["gradient"], ("max",), 0.9, 87, model="deit_base_patch16_224")
     assert larger == "deit-base_gradient-rollout_max_discard0.9_category87"
     assert looks_like_a_result(f"cat_{larger}.png") and looks_like_a_result(f"cat_{larger}-2_evaluation.png")
 

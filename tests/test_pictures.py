@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deit_functional.drawing import (Look, backdrop, colour_bar, grey, jet, number_pair, overlay, stretched,
+from deit_functional.drawing import (Look, backdrop, colour_bar, grey, number_pair, overlay, stretched,
                                      to_side, upsample, value_range)
+from deit_functional.methods import METHODS
 from deit_functional.labels import class_index, class_names, rank, top
 from deit_functional.outputs import PictureResult, title
 from figure_panels import GAP, locate, map_panel
@@ -148,12 +149,12 @@ def test_a_nearly_flat_map_is_drawn_with_its_contrast_and_its_bar_says_so(capsys
 def test_the_title_says_method_fusion_discard_class_probability_and_rank():
     probabilities = np.full(1000, 0.5 / 998)
     probabilities[[3, 258]] = 0.3, 0.2
-    result = PictureResult("p.png", None, probabilities, {"max": None}, category=258, method="chefer",
+    result = PictureResult("p.png", None, probabilities, {"max": None}, category=258, method=METHODS["chefer"],
                            discard_ratio=0.25)
     assert title(result) == ("Chefer et al.'s rule, max fusion, discard ratio 0.25: class 258 Samoyed "
                              "(p 0.200, rank 2 of 1000); DeiT-tiny")
     agnostic = PictureResult("p.png", None, probabilities, {"mean": None, "min": None}, category=3,
-                             method="attention", discard_ratio=0.9, model="deit_small_patch16_224")
+                             method=METHODS["attention"], discard_ratio=0.9, model="deit_small_patch16_224")
     assert title(agnostic) == ("Attention Rollout, mean | min fusion, discard ratio 0.9: top class 3 tiger shark "
                                "(p 0.300, rank 1 of 1000); DeiT-small")
 

@@ -188,7 +188,7 @@ def test_a_full_disk_simulated(tmp_path, planted_checkpoint, monkeypatch, capsys
     batches, explain_batch = [], pipeline.explain_batch
     monkeypatch.setattr(outputs, "stage", stage_until_full)
     monkeypatch.setattr(pipeline, "explain_batch", lambda *a: batches.append(a) or explain_batch(*a))
-    status = main(("attention",), argv=["--image", str(folder), "--weights", str(planted_checkpoint),
+    status = main(False, argv=["--image", str(folder), "--weights", str(planted_checkpoint),
                                         "--output-dir", str(tmp_path / "out"), "--batch-size", "2"])
     error = capsys.readouterr().err
     check_stopped_whole(status, error, tmp_path / "out", 6)

@@ -5,13 +5,13 @@ import html
 import io
 import json
 import re
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from deit_functional.methods import METHODS
 from deit_functional.report import Entry, finding, summary
 from script_runs import ATTENTION, GRADIENT, run_here
 
@@ -21,7 +21,7 @@ def scores(positive, negative):
 
 
 def entries_of(*fusion_scores, method="gradient"):
-    return [Entry(f"{k}.png", f"{k}.png", [], method, 87, s, 0.9) for k, s in enumerate(fusion_scores)]
+    return [Entry(f"{k}.png", f"{k}.png", [], METHODS[method], 87, s, 0.9) for k, s in enumerate(fusion_scores)]
 
 
 def test_summary_means_and_counts_the_most_faithful_fusion_with_ties_for_each():

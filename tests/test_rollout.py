@@ -6,8 +6,8 @@ import torch
 from deit_functional import METHODS, explain, explain_by_layer, forward
 from deit_functional.fast_forms import cls_row_of_product
 from deit_functional.rollout import (HEAD_FUSIONS, attention_rollout, by_layer, chefer_rollout,
-                                     discard_lowest, fuse_heads, gradient_rollout, layer_maps, method_map,
-                                     rollout)
+                                     discard_lowest, fuse_heads, gradient_rollout, layer_maps, rolled_out,
+                                     rollout, ROLLOUTS)
 from deit_functional.model import G, H, L, N
 from timm_reference import timm_attention
 
@@ -122,7 +122,7 @@ def test_a_method_that_uses_the_gradient_refuses_maps_without_their_gradients():
         with pytest.raises(ValueError, match="needs one gradient per attention map"):
             gradient_rollout(attentions, bad)
         with pytest.raises(ValueError, match="needs one gradient per attention map"):
-            method_map("chefer", attentions, bad)
+            rolled_out(ROLLOUTS["chefer"], attentions, bad)
 
 
 def test_explain_takes_a_category_exactly_when_the_method_uses_the_gradient(weights, images):
@@ -167,14 +167,14 @@ def test_explain_takes_one_category_per_image(weights, images):
 
 def test_rollout_by_layer_is_the_rollout_of_the_first_layers():
     attentions, _ = random_maps(seed=5)
-    through = by_layer(rollout, layer_maps("attention", attentions, None, "max", 0.5))
+    through = by_layer(rollout, layer_maps(ROLLOUTS["attention"], attentions, None, "max", 0.5))
     assert through.shape == (L, B, G, G)
     for depth in (1, 2, 7, 12):
         np.testing.assert_allclose(through[depth - 1].numpy(), naive(attentions[:depth], fusion="max", ratio=0.5),
                                    rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [name for name, m in METHODS.items() if m.rollout])
 def test_explain_by_layer_ends_where_explain_does_and_gives_each_layers_own_cls_row(weights, images, method):
     # flow solves 197 max-flow problems per picture and depth: one fusion is enough to check it
     fusions = ("max",) if method == "flow" else HEAD_FUSIONS
@@ -211,3 +211,11 @@ def test_rollouts_accept_maps_straight_from_a_retain_grad_forward(weights, image
     _, by_explain = explain(weights, images[:1], "gradient", category=87, discard_ratio=0.9)
     torch.testing.assert_close(gradient_rollout(attentions, gradients, "mean", 0.9), by_explain["mean"],
                                rtol=0, atol=1e-6)
+
+
+def test_explain_by_layer_refuses_a_method_not_built_layer_by_layer(weights, images):
+    for name, m in METHODS.items():
+        if m.rollout is None:
+            with pytest.raises(ValueError, match="does not build its map layer by layer; these do: attention, "
+                                                 "gradient, chefer, flow"):
+                explain_by_layer(weights, images[:1], name, category=87 if m.uses_gradient else None)

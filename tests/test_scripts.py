@@ -210,7 +210,23 @@ FLOW_CASES = {"missing file", "truncated file", "folder without pictures", "disc
               "wrong weights file", "a result of an earlier flow run", "output folder not writable"}
 BAD_RUNS = ([(ATTENTION, [], *case) for case in bad_inputs() if "category" not in case[0]]
             + [(ATTENTION, ["--method", "flow"], *case) for case in bad_inputs() if case[0] in FLOW_CASES]
-            + [(GRADIENT, [] if "category" in case[0] else ["--category", "87"], *case) for case in bad_inputs()])
+            + [(GRADIENT, [] if "category" in case[0] else ["--category", "87"], *case) for case in bad_inputs()]
+            + [(script, [], case, lambda tmp, photo, ckpt, more=more: ["--image", photo, "--weights", ckpt, *more],
+                words) for script, case, more, words in (
+                (ATTENTION, "category for a class-agnostic method", ["--category", "87"],
+                 "--category: rollout explains what the model looks at, not one class; for a class's map run "
+                 "gradient_rollout.py"),
+                (ATTENTION, "unknown method", ["--method", "grad-cam"], "invalid choice: 'grad-cam' (choose from "
+                 "rollout, flow, raw-attention)"),
+                (GRADIENT, "fusion the method does not offer", ["--category", "87", "--method", "tam,grad-cam",
+                 "--head-fusion", "max"], "--head-fusion max: no method chosen offers it (tam: mean; grad-cam: none)"),
+                (GRADIENT, "discard ratio for a method that discards nothing", ["--category", "87", "--method",
+                 "legrad", "--discard-ratio", "0.5"], "--discard-ratio: legrad discards nothing; only the rollouts do"),
+                (GRADIENT, "per-layer figure of a method not built layer by layer", ["--category", "87",
+                 "--method", "chefer,grad-sam", "--per-layer"], "--per-layer shows a map built layer by layer; "
+                 "grad-sam is not (choose a rollout)"),
+                (ATTENTION, "explorer page of raw attention", ["--method", "raw-attention", "--html"],
+                 "--html shows a map built layer by layer; raw-attention is not"))])
 
 
 @pytest.mark.parametrize("script, method, case, build, words", BAD_RUNS,

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from deit_functional.methods import METHODS
+
 from deit_functional.images import read_picture, to_input
 from deit_functional.outputs import Names, PictureResult, write
 from script_runs import ROOT
@@ -48,9 +50,9 @@ def test_results_reach_the_writers_as_numpy_arrays(weights, tmp_path):
     """So the writer threads need no torch at all (see the module docstring)."""
     from deit_functional.pipeline import Job, explain_batch
     picture = read_picture(PHOTO)
-    job = Job(methods=("gradient",), categories=(87,), head_fusions=("mean", "max"), discard_ratio=0.9,
+    job = Job(methods=(METHODS["gradient"],), categories=(87,), head_fusions=("mean", "max"), discard_ratio=0.9,
               output_dir=tmp_path, per_layer=True, evaluate=True)
-    (result,) = explain_batch(weights, [(PHOTO, picture, to_input(picture))], job, torch.device("cpu"), "gradient", 87)
+    (result,) = explain_batch(weights, [(PHOTO, picture, to_input(picture))], job, torch.device("cpu"), METHODS["gradient"], 87)
     arrays = [result.probabilities, *result.maps.values(), *(a for pair in result.layers.values() for a in pair)]
     assert len(arrays) == 1 + 2 + 4 and all(type(a) is np.ndarray for a in arrays)
     assert result.category == 87 and set(result.faithfulness) == {"mean", "max"}
@@ -66,7 +68,7 @@ def test_inputs_are_made_on_one_torch_thread_and_the_model_runs_on_all(weights, 
     monkeypatch.setattr(pipeline, "to_input", lambda p: seen["input"].add(torch.get_num_threads()) or to_input(p))
     monkeypatch.setattr(pipeline, "explain_batch",
                         lambda *a: seen["model"].add(torch.get_num_threads()) or explain_batch(*a))
-    job = pipeline.Job(methods=("attention",), categories=(), head_fusions=("mean",), discard_ratio=0.9,
+    job = pipeline.Job(methods=(METHODS["attention"],), categories=(), head_fusions=("mean",), discard_ratio=0.9,
                        output_dir=tmp_path, batch_size=2)
     assert pipeline.run([PHOTO] * 5, weights, job, torch.device("cpu")) == 0
     assert seen == {"input": {1}, "model": {threads}} and torch.get_num_threads() == threads

@@ -1,0 +1,111 @@
+"""What a method needs from the model, and the one run that keeps exactly that.
+
+Every method (methods.METHODS) names, in ``Keeps``, what the model run must keep for it beyond
+the logits and the L attention maps; ``run_model`` does the least that gives it: one forward
+pass, and for a class-specific method one backward pass from the class's logit (the images of a
+batch do not interact, so the sum of their logits gives each image its own gradient). Nothing
+is trained: the weights need no gradient, and ``model.trace`` makes the token stream the leaf
+the graph grows from.
+
+The integrated gradient of TAM and Beyond Intuition is the one part that needs more passes:
+the images α·x for every step α, stacked into batches. The blocks before the last run without
+autograd there, and each backward pass goes through the last block and the head alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+
+from .model import head, trace
+
+INTEGRATION_ROWS = 64  # (image, step) pairs per forward pass of an integrated gradient
+
+
+@dataclass(frozen=True)
+class Keeps:
+    """What a method needs the model run to keep, beyond the logits and the attention maps."""
+    attention_gradients: bool = False       # ∂y_c/∂A_l for every layer l
+    attention_input_gradient: bool = False  # a = norm1(x_(L-1)), the last attention's input, and ∂y_c/∂a
+    read_out_layers: int = 0                # the last this many layers' ∂s_l/∂A_l, s_l = head(x_l)[c]
+    integrated: tuple = ()                  # the steps α: the mean of ∂y_c/∂A_L over the images α·x
+
+    @property
+    def explains_class(self):
+        """Whether the run takes a gradient, of one class's logit."""
+        return (self.attention_gradients or self.attention_input_gradient or self.read_out_layers > 0
+                or bool(self.integrated))
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """What the model run kept (Keeps), detached: (B, ...) tensors, lists over the L layers."""
+    logits: torch.Tensor                                   # (B, C)
+    attentions: list                                       # L (B, H, N, N)
+    gradients: list | None = None                          # L (B, H, N, N): ∂y_c/∂A_l
+    attention_input: torch.Tensor | None = None            # (B, N, D): norm1(x_(L-1))
+    attention_input_gradient: torch.Tensor | None = None   # (B, N, D): ∂y_c/∂ it
+    read_out_gradients: list | None = None                 # Keeps.read_out_layers (B, H, N, N): ∂s_l/∂A_l
+    integrated_gradient: torch.Tensor | None = None        # (B, H, N, N): mean_α ∂y_c/∂A_L at α·x
+
+
+def class_logit(logits, category):
+    """(B, C) logits, one class per image -> the sum of those logits, to backward from."""
+    return logits.gather(1, category[:, None]).sum()
+
+
+def run_model(weights, images, keeps=Keeps(), category=None):
+    """(B, 3, 224, 224) images -> ModelRun with what ``keeps`` asks, for class ``category`` (an
+    int, or a (B,) tensor of class indices; None where nothing is asked but the maps)."""
+    if not keeps.explains_class:
+        with torch.no_grad():
+            kept = trace(weights, images)
+        return ModelRun(kept.logits, kept.attentions)
+    if category is None:
+        raise ValueError("this method explains one class: pass its category")
+    category = torch.as_tensor(category, device=images.device).expand(images.shape[0])
+    found = {}
+    kept = None
+    if keeps.attention_gradients or keeps.attention_input_gradient:
+        kept = trace(weights, images, keep_grad=("attentions",) * keeps.attention_gradients
+                     + ("attention_inputs",) * keeps.attention_input_gradient)
+        class_logit(kept.logits, category).backward()
+        if keeps.attention_gradients:
+            found["gradients"] = [a.grad for a in kept.attentions]
+        if keeps.attention_input_gradient:
+            found["attention_input"] = kept.attention_inputs[-1].detach()
+            found["attention_input_gradient"] = kept.attention_inputs[-1].grad
+    if keeps.read_out_layers:
+        count = keeps.read_out_layers
+        # block l reads a detached x_(l-1), so each s_l's gradient stops at its own layer's map:
+        # one backward pass gives every ∂s_l/∂A_l, through the last ``count`` blocks only
+        apart = trace(weights, images, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - count,
+                      blocks_apart=True)
+        sum(class_logit(head(x, weights), category) for x in apart.tokens[-count:]).backward()
+        found["read_out_gradients"] = [a.grad for a in apart.attentions[-count:]]
+        kept = kept or apart
+    if keeps.integrated:
+        found["integrated_gradient"] = integrated_gradient(weights, images, category, keeps.integrated)
+    if kept is None:
+        with torch.no_grad():
+            kept = trace(weights, images)
+    return ModelRun(kept.logits.detach(), [a.detach() for a in kept.attentions], **found)
+
+
+def integrated_gradient(weights, images, category, alphas):
+    """The mean over the steps ``alphas`` of ∂y_c/∂A_L at the images α·x -> (B, H, N, N).
+
+    The (image, step) pairs go through the model INTEGRATION_ROWS at a time; the blocks before
+    the last run without autograd, as the gradient is wanted at the last map only."""
+    steps = torch.tensor(alphas, dtype=images.dtype, device=images.device)
+    S = len(alphas)
+    per_pass = max(1, INTEGRATION_ROWS // S)  # images per pass
+    means = []
+    for start in range(0, images.shape[0], per_pass):
+        chunk = images[start:start + per_pass]
+        scaled = rearrange(steps[:, None, None, None, None] * chunk, "s b c h w -> (b s) c h w")
+        kept = trace(weights, scaled, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - 1)
+        class_logit(kept.logits, category[start:start + per_pass].repeat_interleave(S)).backward()
+        means.append(rearrange(kept.attentions[-1].grad, "(b s) h n m -> b s h n m", s=S).mean(dim=1))
+    return torch.cat(means)
