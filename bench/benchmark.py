@@ -113,19 +113,31 @@ def method_rows(device):
             how = dict(category=CATEGORY if m.uses_gradient else None, discard_ratio=m.cli_discard_ratio or 0.0)
             found[f"ours: {name}"] = lambda x, name=name, how=how: explain(weights, x, name, **how)
     for count in (LEGRAD_LAYERS, L):  # the method's layers, and every layer (its start set to 1)
-        found[f"LeGrad's gradients, last {count} layers, one backward (model_run)"] = \
+        found[f"LeGrad's ∂s_l/∂A_l, last {count} layers: one backward (model_run)"] = \
             lambda x, count=count: run_model(weights, x, Keeps(read_out_layers=count), CATEGORY)
-        found[f"LeGrad's gradients, last {count} layers, a backward each"] = \
-            lambda x, count=count: legrad_gradients_one_by_one(weights, x, count)
+        found[f"LeGrad's ∂s_l/∂A_l, last {count} layers: autograd.grad per layer (its code's way)"] = \
+            lambda x, count=count: legrad_gradients_one_by_one(weights, x, count, pruned=True)
+        found[f"LeGrad's ∂s_l/∂A_l, last {count} layers: backward() per layer, to the input"] = \
+            lambda x, count=count: legrad_gradients_one_by_one(weights, x, count, pruned=False)
     return found
 
 
-def legrad_gradients_one_by_one(weights, x, count):
-    """What model_run.run_model gets from one backward pass for LeGrad, the plain way: ∂s_l/∂A_l
-    for each of the last ``count`` layers by a backward pass of its own."""
+def legrad_gradients_one_by_one(weights, x, count, pruned):
+    """What model_run.run_model gets from one backward pass for LeGrad, a backward pass per
+    layer: ∂s_l/∂A_l for each of the last ``count`` layers, by ``torch.autograd.grad`` w.r.t. A_l
+    (``pruned``: autograd goes no further down than A_l, as LeGrad's code), or by ``backward()``
+    from s_l with every map's .grad kept, which goes all the way down each time."""
     kept = trace(weights, x, keep_grad=("attentions",))
     scores = [head(t, weights)[:, CATEGORY].sum() for t in kept.tokens[-count:]]
-    return [torch.autograd.grad(s, a, retain_graph=True)[0] for s, a in zip(scores, kept.attentions[-count:])]
+    if pruned:
+        return [torch.autograd.grad(s, a, retain_graph=True)[0] for s, a in zip(scores, kept.attentions[-count:])]
+    found = []
+    for s, a in zip(scores, kept.attentions[-count:]):
+        for other in kept.attentions:
+            other.grad = None
+        s.backward(retain_graph=True)
+        found.append(a.grad)
+    return found
 
 
 def sync(device):

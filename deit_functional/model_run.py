@@ -5,7 +5,9 @@ the logits and the L attention maps; ``run_model`` does the least that gives it:
 pass, and for a class-specific method one backward pass from the class's logit (the images of a
 batch do not interact, so the sum of their logits gives each image its own gradient). Nothing
 is trained: the weights need no gradient, and ``model.trace`` makes the token stream the leaf
-the graph grows from.
+the graph grows from. Each backward pass names the tensors whose gradients are kept (its
+``inputs``), so autograd goes no further down than they are: below layer 1's map (its softmax,
+qkv and the embedding) nothing is computed, and below each map, for LeGrad, nothing at all.
 
 The integrated gradient of TAM and Beyond Intuition is the one part that needs more passes:
 the images α·x for every step α, stacked into batches. The blocks before the last run without
@@ -70,7 +72,8 @@ def run_model(weights, images, keeps=Keeps(), category=None):
     if keeps.attention_gradients or keeps.attention_input_gradient:
         kept = trace(weights, images, keep_grad=("attentions",) * keeps.attention_gradients
                      + ("attention_inputs",) * keeps.attention_input_gradient)
-        class_logit(kept.logits, category).backward()
+        wanted = kept.attentions * keeps.attention_gradients + kept.attention_inputs[-1:] * keeps.attention_input_gradient
+        class_logit(kept.logits, category).backward(inputs=wanted)
         if keeps.attention_gradients:
             found["gradients"] = [a.grad for a in kept.attentions]
         if keeps.attention_input_gradient:
@@ -82,7 +85,8 @@ def run_model(weights, images, keeps=Keeps(), category=None):
         # one backward pass gives every ∂s_l/∂A_l, through the last ``count`` blocks only
         apart = trace(weights, images, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - count,
                       blocks_apart=True)
-        sum(class_logit(head(x, weights), category) for x in apart.tokens[-count:]).backward()
+        sum(class_logit(head(x, weights), category) for x in apart.tokens[-count:]).backward(
+            inputs=apart.attentions[-count:])
         found["read_out_gradients"] = [a.grad for a in apart.attentions[-count:]]
         kept = kept or apart
     if keeps.integrated:
@@ -106,6 +110,7 @@ def integrated_gradient(weights, images, category, alphas):
         chunk = images[start:start + per_pass]
         scaled = rearrange(steps[:, None, None, None, None] * chunk, "s b c h w -> (b s) c h w")
         kept = trace(weights, scaled, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - 1)
-        class_logit(kept.logits, category[start:start + per_pass].repeat_interleave(S)).backward()
+        class_logit(kept.logits, category[start:start + per_pass].repeat_interleave(S)).backward(
+            inputs=kept.attentions[-1:])
         means.append(rearrange(kept.attentions[-1].grad, "(b s) h n m -> b s h n m", s=S).mean(dim=1))
     return torch.cat(means)

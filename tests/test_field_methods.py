@@ -315,3 +315,20 @@ def test_map_follows_the_category_and_a_batch_is_its_images_alone(weights, image
     if method in CLASS_SPECIFIC:
         other = ours(weights, images, method, category=OTHER_CATEGORY)
         assert ((other - batch).abs().amax(dim=(1, 2)) > 1e-2).all()
+
+
+def test_one_backward_pass_gives_every_layers_own_read_out_gradient(weights, pair):
+    """model_run's LeGrad run (blocks apart, one backward pass) gives, for every layer l, the
+    gradient of that layer's own logit-lens score s_l w.r.t. A_l -- bitwise what a backward pass
+    per layer (torch.autograd.grad of s_l alone) gives -- for all L layers, not only LeGrad's two."""
+    from deit_functional.model import head, trace
+    from deit_functional.model_run import Keeps, run_model
+
+    L = len(weights["blocks"])
+    one_pass = run_model(weights, pair, Keeps(read_out_layers=L), CATEGORY).read_out_gradients
+    kept = trace(weights, pair, keep_grad=("attentions",))
+    for l, (ours_l, attention, tokens) in enumerate(zip(one_pass, kept.attentions, kept.tokens[1:])):
+        score = head(tokens, weights)[:, CATEGORY].sum()
+        alone = torch.autograd.grad(score, attention, retain_graph=True)[0]
+        assert torch.equal(ours_l, alone), f"layer {l + 1}"
+        assert alone.abs().max() > 0
