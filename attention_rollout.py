@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Attention Rollout for DeiT-tiny: python attention_rollout.py --image path/to/image
-(Attention Flow with --method flow; DeiT-small or -base with --model)
+(--method flow or raw-attention; DeiT-small or -base with --model)
 
 See --help for options; the methods live in deit_functional/methods.py (the table) and the modules it names.
 """

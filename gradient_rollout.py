@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Gradient Rollout for DeiT-tiny: python gradient_rollout.py --image path/to/image --category 87
-(Chefer et al.'s rule with --method chefer; DeiT-small or -base with --model)
+(--method chefer, grad-cam, grad-sam, tam, beyond-intuition or legrad; DeiT-small or -base with --model)
 
 See --help for options; the methods live in deit_functional/methods.py (the table) and the modules it names.
 """

@@ -127,7 +127,7 @@ def legrad_gradients_one_by_one(weights, x, count, pruned):
     layer: ∂s_l/∂A_l for each of the last ``count`` layers, by ``torch.autograd.grad`` w.r.t. A_l
     (``pruned``: autograd goes no further down than A_l, as LeGrad's code), or by ``backward()``
     from s_l with every map's .grad kept, which goes all the way down each time."""
-    kept = trace(weights, x, keep_grad=("attentions",))
+    kept = trace(weights, x, keep=("tokens",), keep_grad=("attentions",))
     scores = [head(t, weights)[:, CATEGORY].sum() for t in kept.tokens[-count:]]
     if pruned:
         return [torch.autograd.grad(s, a, retain_graph=True)[0] for s, a in zip(scores, kept.attentions[-count:])]

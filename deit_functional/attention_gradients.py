@@ -69,9 +69,10 @@ def tam(run, head_fusion="mean"):
 
 
 def head_importance(attention, gradient):
-    """(B, H, N, N) twice -> (B, H): I_h = mean_ij |A_hᵀ ∇A_h|, divided by its sum over the heads."""
+    """(B, H, N, N) twice -> (B, H): I_h = mean_ij |A_hᵀ ∇A_h|, divided by its sum over the heads
+    (all 0 where the gradient is)."""
     importance = (attention.transpose(-1, -2) @ gradient).abs().mean(dim=(-1, -2))
-    return importance / importance.sum(dim=1, keepdim=True)
+    return importance / importance.sum(dim=1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
 
 
 def beyond_intuition(run, head_fusion="weighted"):

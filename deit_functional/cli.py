@@ -90,8 +90,8 @@ def parser_for(names):
     p = argparse.ArgumentParser(
         description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, a "
                     "figure PNG (the picture, and the map over a grey copy of it: red = most relevant, "
-                    "a colour bar giving the map's range; titled with method, fusion, discard ratio and "
-                    "class) and the raw mask as .npy (float32, the picture's height x width, in [0, 1], "
+                    "a colour bar giving the map's range; titled with method, fusion and discard ratio where "
+                    "the method has them, and class) and the raw mask as .npy (float32, the picture's height x width, in [0, 1], "
                     "max 1), then prints the top-5 classes and every file written; a run of several "
                     "pictures also writes predictions.csv.",
         epilog="Exit status: 0 done; 1 some pictures failed (each reported, e.g. unreadable among several), "
@@ -108,12 +108,11 @@ def parser_for(names):
                             "258 or samoyed); several, each explained in turn: 87 258 or 87,258")
     else:  # refused in check_applies, with a line that says where a class's map comes from
         p.add_argument("--category", nargs="+", help=argparse.SUPPRESS)
-    if len(methods) > 1:
-        options = {m.option: m for m in methods}
-        p.add_argument("--method", type=listed(choice(options)), nargs="+", default=[[default]], metavar="NAME",
-                       help="; ".join(f"{m.option}: {m.title}, {m.description} ({m.paper})" for m in methods)
-                            + f" (default: {default.option}); several, each explained in turn: "
-                            + " ".join(list(options)[:2]) + " or " + ",".join(list(options)[:2]))
+    options = {m.option: m for m in methods}
+    p.add_argument("--method", type=listed(choice(options)), nargs="+", default=[[default]], metavar="NAME",
+                   help="; ".join(f"{m.option}: {m.title}, {m.description} ({m.paper})" for m in methods)
+                        + f" (default: {default.option}); several, each explained in turn: "
+                        + " ".join(list(options)[:2]) + " or " + ",".join(list(options)[:2]))
     own_way = [m.option for m in methods if not m.fuses_heads]
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",),
                    help="how each layer's 3 heads are combined; 'all' draws mean, min and max "
@@ -123,8 +122,7 @@ def parser_for(names):
     defaults = ", ".join(f"{m.cli_discard_ratio:g} with --method {m.option}" for m in discarding)
     p.add_argument("--discard-ratio", type=discard_ratio, metavar="R",
                    help="share of each layer's lowest attention entries set to zero, in [0, 1); the "
-                        "attention to the class token is never discarded (default: "
-                        + (defaults if len(methods) > 1 else f"{default.cli_discard_ratio:g}") + ")"
+                        "attention to the class token is never discarded (default: " + defaults + ")"
                         + ("; only the rollouts (" + ", ".join(m.option for m in discarding) + ") discard"
                            if len(discarding) < len(methods) else ""))
     p.add_argument("--overlay", choices=BACKDROPS, default="grey",
@@ -151,11 +149,12 @@ def parser_for(names):
     p.add_argument("--save-grid", action="store_true",
                    help="also save the 14x14 patch map as <name>_grid.npy")
     p.add_argument("--per-layer", action="store_true",
-                   help="also write <name>_layers.png: top row, the rollout after layers 1..12 "
-                        "(left to right); bottom row, each layer's raw class-token attention, heads fused")
+                   help="also write <name>_layers.png (the rollouts: " + ", ".join(m.option for m in methods if m.rollout)
+                        + "): top row, the rollout after layers 1..12 (left to right); bottom row, each "
+                        "layer's raw class-token attention, heads fused")
     p.add_argument("--html", action="store_true",
-                   help="also write <name>_explorer.html, one self-contained page (it opens from disk, "
-                        "offline) to explore the picture: the map layer by layer, and where any patch or "
+                   help="also write <name>_explorer.html (the rollouts), one self-contained page (it opens "
+                        "from disk, offline) to explore the picture: the map layer by layer, and where any patch or "
                         "the class token attends, head by head")
     p.add_argument("--report", action="store_true",
                    help="also write report.html (one self-contained file: figures and curves inside) and "
@@ -260,7 +259,7 @@ def job_from(args, names):
     """The parsed arguments of a script offering the methods ``names`` -> the pipeline's Job,
     checked: every option given applies to a method chosen."""
     flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
-    chosen = flat(args.method) if len(names) > 1 else (METHODS[names[0]],)
+    chosen = flat(args.method)
     check_applies(args, chosen)
     fusion = args.head_fusion or ("all" if args.report else "mean")
     return Job(methods=chosen, categories=flat(getattr(args, "category", None) or []),
@@ -277,6 +276,9 @@ def check_applies(args, methods):
     if not any(m.uses_gradient for m in methods) and args.category is not None:
         raise UsageError(f"--category: {', '.join(m.option for m in methods)} explain{'s' * (len(methods) == 1)} "
                          "what the model looks at, not one class; for a class's map run gradient_rollout.py")
+    if args.head_fusion == "all" and not any(m.fuses_heads for m in methods):
+        raise UsageError(f"--head-fusion all: {', '.join(m.option for m in methods)} fuse"
+                         f"{'s' * (len(methods) == 1)} no heads by mean, min or max")
     if args.head_fusion not in (None, "all") and not any(args.head_fusion in m.fusions for m in methods):
         offered = "; ".join(f"{m.option}: {' or '.join(m.fusions)}" for m in methods)
         raise UsageError(f"--head-fusion {args.head_fusion}: no method chosen offers it ({offered})")

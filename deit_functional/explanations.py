@@ -70,8 +70,16 @@ def explain_by_layer(weights, images, method="attention", *, category=None, head
     """
     m = method_named(method)
     fusions, ratio = fusions_of(m, head_fusions), discard_of(m, discard_ratio)
+    check_layer_by_layer(m)  # before the model runs
     run = run_method(weights, images, m, category)
     return (run.logits, *maps_by_layer(m, run, fusions, ratio))
+
+
+def check_layer_by_layer(method):
+    """Refuse a method that does not build its map layer by layer (not a rollout)."""
+    if method.rollout is None:
+        raise ValueError(f"method {method.name!r} does not build its map layer by layer; these do: "
+                         + ", ".join(name for name, m in METHODS.items() if m.rollout))
 
 
 def maps_by_layer(method, run, head_fusions, discard_ratio):
@@ -81,10 +89,8 @@ def maps_by_layer(method, run, head_fusions, discard_ratio):
     The map through all L layers is explain()'s to the bit: the fast form where one serves
     (Attention Rollout on the CPU), else the combine of the same layer maps, as rolled_out
     would make it; the others come from by_layer."""
+    check_layer_by_layer(method)
     spec = method.rollout
-    if spec is None:
-        raise ValueError(f"method {method.name!r} does not build its map layer by layer; these do: "
-                         + ", ".join(name for name, m in METHODS.items() if m.rollout))
     with torch.no_grad():
         through = {}
         for f in head_fusions:

@@ -113,36 +113,46 @@ class Trace:
     """What one forward pass went through, for the methods that read more than the maps."""
     logits: torch.Tensor    # (B, C)
     attentions: list        # L post-softmax maps (B, H, N, N), first block first
-    attention_inputs: list  # L (B, N, D): norm1(x_(l-1)), what block l's attention reads
-    tokens: list            # L + 1 (B, N, D): x_0 the embedding, then each block's output x_l
+    attention_inputs: list | None  # L (B, N, D): norm1(x_(l-1)), what block l's attention reads
+    tokens: list | None            # L + 1 (B, N, D): x_0 the embedding, then each block's output x_l
 
 
-TRACED = ("attentions", "attention_inputs", "tokens")  # the Trace fields whose tensors can keep .grad
+STATES = ("attention_inputs", "tokens")  # the Trace fields kept only when asked (each (B, N, D) per layer)
 
 
-def trace(weights, images, keep_grad=(), graph_from=0, blocks_apart=False):
+def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=False):
     """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised images -> Trace, the same numbers as ``forward``.
 
-    ``keep_grad`` names Trace fields (TRACED) whose tensors keep their ``.grad`` after
-    ``backward()``. The weights are plain tensors that need no gradient, so the token stream is
-    made the leaf the graph grows from: the input of block ``graph_from`` (the blocks before it
-    run without autograd, for a gradient wanted only further on). With ``blocks_apart`` every
-    block reads a detached copy of its input, so a gradient from the tokens x_l reaches block
-    l's map and no earlier one -- each layer's own gradient, all in one backward pass.
+    ``keep`` names the STATES to keep besides the logits and maps (the others are None: no
+    memory held for them). ``keep_grad`` names Trace fields whose tensors keep their ``.grad``
+    after ``backward()``; they are kept too. The weights are plain tensors that need no
+    gradient, so the token stream is made the leaf the graph grows from: the input of block
+    ``graph_from`` (the blocks before it run without autograd, for a gradient wanted only
+    further on). With ``blocks_apart`` every block reads a detached copy of its input, so a
+    gradient from the tokens x_l reaches block l's map and no earlier one -- each layer's own
+    gradient, all in one backward pass.
     """
+    wanted = set(keep) | set(keep_grad)
+    if not wanted <= {"attentions", *STATES}:
+        raise ValueError(f"trace keeps {', '.join(STATES)} (and the attentions), not {', '.join(sorted(wanted))}")
     graded = bool(keep_grad) or torch.is_grad_enabled()
-    attentions, inputs, tokens = [], [], []
+    attentions = []
+    inputs = [] if "attention_inputs" in wanted else None
+    tokens = [] if "tokens" in wanted else None
     with torch.set_grad_enabled(graded and graph_from == 0):
         x = embed(images, weights)
     for index, p in enumerate(weights["blocks"]):
-        tokens.append(x)
+        if tokens is not None:
+            tokens.append(x)
         with torch.set_grad_enabled(graded and index >= graph_from):
             if keep_grad and (blocks_apart or (index == graph_from and not x.requires_grad)):
                 x = x.detach().requires_grad_(True)  # a leaf: the gradient stops here
             x, attn, normed = block(x, p)
         attentions.append(attn)
-        inputs.append(normed)
-    tokens.append(x)
+        if inputs is not None:
+            inputs.append(normed)
+    if tokens is not None:
+        tokens.append(x)
     with torch.set_grad_enabled(graded):
         logits = head(x, weights)
     kept = Trace(logits, attentions, inputs, tokens)

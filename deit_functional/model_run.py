@@ -67,12 +67,21 @@ def run_model(weights, images, keeps=Keeps(), category=None):
     if category is None:
         raise ValueError("this method explains one class: pass its category")
     category = torch.as_tensor(category, device=images.device).expand(images.shape[0])
+    with torch.enable_grad():  # the backward passes work inside a caller's torch.no_grad() too
+        return _class_run(weights, images, keeps, category)
+
+
+def _class_run(weights, images, keeps, category):
+    """run_model's class-specific part, with autograd on; ``category`` (B,)."""
     found = {}
     kept = None
     if keeps.attention_gradients or keeps.attention_input_gradient:
+        # Grad-CAM alone wants a gradient at the last block only: the graph starts there
+        start = 0 if keeps.attention_gradients else len(weights["blocks"]) - 1
         kept = trace(weights, images, keep_grad=("attentions",) * keeps.attention_gradients
-                     + ("attention_inputs",) * keeps.attention_input_gradient)
-        wanted = kept.attentions * keeps.attention_gradients + kept.attention_inputs[-1:] * keeps.attention_input_gradient
+                     + ("attention_inputs",) * keeps.attention_input_gradient, graph_from=start)
+        wanted = (kept.attentions if keeps.attention_gradients else []) + \
+            (kept.attention_inputs[-1:] if keeps.attention_input_gradient else [])
         class_logit(kept.logits, category).backward(inputs=wanted)
         if keeps.attention_gradients:
             found["gradients"] = [a.grad for a in kept.attentions]
@@ -83,8 +92,8 @@ def run_model(weights, images, keeps=Keeps(), category=None):
         count = keeps.read_out_layers
         # block l reads a detached x_(l-1), so each s_l's gradient stops at its own layer's map:
         # one backward pass gives every ∂s_l/∂A_l, through the last ``count`` blocks only
-        apart = trace(weights, images, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - count,
-                      blocks_apart=True)
+        apart = trace(weights, images, keep=("tokens",), keep_grad=("attentions",),
+                      graph_from=len(weights["blocks"]) - count, blocks_apart=True)
         sum(class_logit(head(x, weights), category) for x in apart.tokens[-count:]).backward(
             inputs=apart.attentions[-count:])
         found["read_out_gradients"] = [a.grad for a in apart.attentions[-count:]]

@@ -244,8 +244,8 @@ def printed(result, files, notes, quiet=0, first=True):
     if result.faithfulness is not None:
         lines += [f"  faithfulness for class {result.category} {class_names()[result.category]} "
                   "(perturbation test; positive AUC: lower is better, negative AUC: higher is better)",
-                  "    fusion  positive AUC  negative AUC"]
-        lines += [f"    {fusion:6}  {s['positive_auc']:12.4f}  {s['negative_auc']:12.4f}"
+                  "    fusion    positive AUC  negative AUC"]
+        lines += [f"    {fusion:8}  {s['positive_auc']:12.4f}  {s['negative_auc']:12.4f}"
                   for fusion, s in result.faithfulness.items()]
     return lines + notes + [str(path) for path in files.values()]
 

@@ -118,8 +118,9 @@ def title(job):
 
 def heading(job, entries):
     what = "; ".join(explanations(entries))
-    return (f"{what}. Head fusions {', '.join(job.head_fusions)}; "
-            f"{ARCHITECTURES[job.model].title}; {pictures(len(by_picture(entries)))}; "
+    fusions = dict.fromkeys(f for e in entries if e.method.fuses_heads for f in e.faithfulness)
+    return (f"{what}. " + (f"Head fusions {', '.join(fusions)}; " if fusions else "")
+            + f"{ARCHITECTURES[job.model].title}; {pictures(len(by_picture(entries)))}; "
             f"{datetime.date.today():%Y-%m-%d}.")
 
 

@@ -326,9 +326,32 @@ def test_one_backward_pass_gives_every_layers_own_read_out_gradient(weights, pai
 
     L = len(weights["blocks"])
     one_pass = run_model(weights, pair, Keeps(read_out_layers=L), CATEGORY).read_out_gradients
-    kept = trace(weights, pair, keep_grad=("attentions",))
+    kept = trace(weights, pair, keep=("tokens",), keep_grad=("attentions",))
     for l, (ours_l, attention, tokens) in enumerate(zip(one_pass, kept.attentions, kept.tokens[1:])):
         score = head(tokens, weights)[:, CATEGORY].sum()
         alone = torch.autograd.grad(score, attention, retain_graph=True)[0]
         assert torch.equal(ours_l, alone), f"layer {l + 1}"
         assert alone.abs().max() > 0
+
+
+def test_a_batch_of_mixed_classes_spanning_integration_passes_is_its_images_alone(weights, images):
+    """The integrated gradient's (image, step) pairs go INTEGRATION_ROWS at a time: a batch of 4
+    with a class each (two passes of pairs, three images and one) equals each image alone."""
+    from deit_functional.model_run import INTEGRATION_ROWS
+    from deit_functional.methods import STEPS
+
+    four = torch.cat([images, images[:1].flip(-1)])
+    classes = torch.tensor([87, 3, 258, 5])
+    assert INTEGRATION_ROWS // STEPS < len(four)  # more than one pass
+    together = ours(weights, four, "tam", category=classes)
+    alone = torch.cat([ours(weights, four[i:i + 1], "tam", category=int(classes[i])) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    assert (together[3] - together[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", CLASS_SPECIFIC)
+def test_class_specific_methods_run_inside_no_grad(weights, pair, method):
+    """A caller's torch.no_grad() does not stop the backward passes a method needs."""
+    with torch.no_grad():
+        inside = ours(weights, pair, method)
+    torch.testing.assert_close(inside, ours(weights, pair, method), atol=0, rtol=0)

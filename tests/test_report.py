@@ -132,3 +132,24 @@ def test_report_takes_the_fusion_asked_for(planted_folder, tmp_path, capsys):
     markdown = (tmp_path / "report.md").read_text()
     assert "| max | " in markdown and "| mean | " not in markdown and "1 of 1 |" in markdown
     assert "over 1 picture," in markdown and "1 pictures" not in markdown
+
+
+def test_a_report_of_methods_that_fuse_no_heads_and_one_that_does(planted_folder, tmp_path, capsys):
+    """grad-cam (no heads) and legrad (mean, min, max, as --report implies) from gradient_rollout.py:
+    their files named by the table's words, each evaluated with its own fusions, the report's
+    heading and findings naming fusions only where the method has them."""
+    result = run_here(capsys, GRADIENT, "--image", planted_folder / "my pictures" / "scene 0.png", "--weights",
+                      planted_folder / "planted.safetensors", "--category", "87", "--method", "grad-cam,legrad",
+                      "--report", "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    cam = json.loads((tmp_path / "scene 0_grad-cam_none_discard0_category87_evaluation.json").read_text())
+    lens = json.loads((tmp_path / "scene 0_legrad_all_discard0_category87_evaluation.json").read_text())
+    assert list(cam["fusions"]) == ["none"] and list(lens["fusions"]) == ["mean", "min", "max"]
+    assert (tmp_path / "scene 0_grad-cam_none_discard0_category87.png").is_file()
+    markdown = (tmp_path / "report.md").read_text()
+    scores = cam["fusions"]["none"]
+    assert (f"Grad-CAM for class 87, African grey, over 1 picture, scored for the class explained: mean positive "
+            f"AUC {scores['positive_auc']:.3f}, mean negative AUC {scores['negative_auc']:.3f}.") in markdown
+    assert "none fusion" not in markdown and "discard ratio" not in markdown
+    assert "Head fusions mean, min, max;" in markdown  # legrad's, the only method here that fuses heads
+    assert "### LeGrad for class 87, African grey" in markdown
