@@ -5,16 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from deit_functional import explain, load_weights
+from deit_functional import METHODS, explain, load_weights
 from script_runs import GRADIENT, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 
-@pytest.mark.parametrize("method, category", [("attention", None), ("gradient", 87), ("chefer", 87)])
-def test_explain_on_cuda_equals_cpu(timm_model, weights, images, method, category):
+@pytest.mark.parametrize("method", [name for name in METHODS if name != "flow"])  # flow: numpy, on the CPU
+def test_explain_on_cuda_equals_cpu(timm_model, weights, images, method):
     on_gpu = load_weights(timm_model, device="cuda")
-    how = dict(category=category, head_fusions=("mean", "min", "max"))
+    how = dict(category=87 if METHODS[method].uses_gradient else None, head_fusions=METHODS[method].fusions)
     logits, maps = explain(on_gpu, images.cuda(), method, **how)
     ref_logits, ref_maps = explain(weights, images, method, **how)
     assert logits.is_cuda and all(m.is_cuda for m in maps.values())
