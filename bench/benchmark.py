@@ -79,20 +79,28 @@ def sharing_storage(weights, model):
     return shared(weights, "")
 
 
-def rows(device):
-    """name -> function of the input batch. Built once per device."""
+def model_and_weights(device):
+    """The seeded random timm model, and our weights in the same memory (sharing_storage)."""
     model = random_timm_model(device=device)
-    weights = sharing_storage(load_weights(model, device=device), model)
+    return model, sharing_storage(load_weights(model, device=device), model)
 
+
+def timm_rows(model):
+    """The reference rows: timm's passes on ``model`` -> {name: function of the input batch}."""
     def timm_fused_backward(x):
         model.zero_grad(set_to_none=True)
         with attention_fused(model, True):
             model(x)[:, CATEGORY].sum().backward()
 
+    return {FLOOR: timm_forward(model, fused=True), BACKWARD: timm_fused_backward,
+            UNFUSED: timm_forward(model, fused=False)}
+
+
+def rows(device):
+    """name -> function of the input batch. Built once per device."""
+    model, weights = model_and_weights(device)
     return {
-        "timm fused forward (floor)": timm_forward(model, fused=True),
-        "timm fused forward+backward": timm_fused_backward,
-        "timm unfused forward": timm_forward(model, fused=False),
+        **timm_rows(model),
         "hook-based rollout (timm unfused + hooks)": lambda x: hook_based_rollout(model, x),
         "ours: attention rollout (max, discard 0.9)":
             lambda x: explain(weights, x, "attention", head_fusions=("max",), discard_ratio=0.9),
@@ -104,10 +112,8 @@ def rows(device):
 def method_rows(device):
     """name -> function of the input batch: timm's passes, then every method but Attention Flow
     (its own table) as the command line runs it by default, then LeGrad's gradients the plain way."""
-    model = random_timm_model(device=device)
-    weights = sharing_storage(load_weights(model, device=device), model)
-    floor = rows(device)
-    found = {name: floor[name] for name in (FLOOR, UNFUSED, BACKWARD)}
+    model, weights = model_and_weights(device)
+    found = timm_rows(model)
     for name, m in METHODS.items():
         if name != "flow":
             how = dict(category=CATEGORY if m.uses_gradient else None, discard_ratio=m.cli_discard_ratio or 0.0)
@@ -188,7 +194,8 @@ def peak_memory_mb(device, batch, name):
 
 def _measure_memory(device, batch, name):
     device = torch.device(device)
-    fn = {**rows(device), **method_rows(device)}[name]
+    functions = rows(device)
+    fn = functions[name] if name in functions else method_rows(device)[name]
     x = torch.randn(batch, 3, 224, 224).to(device)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -64,8 +64,13 @@ def tam(run, head_fusion="mean"):
     state = run.attentions[-1].mean(dim=1)[:, 0]  # (B, N)
     for a in reversed(run.attentions[:-1]):
         state = einsum(state, a.mean(dim=1), "b i, b i j -> b j") + state
-    weight = run.integrated_gradient.clamp_min(0).mean(dim=1)[:, 0]  # (B, N)
-    return to_grid(weight * state)
+    return to_grid(integrated_weight(run) * state)
+
+
+def integrated_weight(run):
+    """W = mean_h ReLU(IG_L)[0] (B, N): the CLS row of the last map's integrated gradient,
+    positive part, heads by mean -- TAM's and Beyond Intuition's weighting."""
+    return run.integrated_gradient.clamp_min(0).mean(dim=1)[:, 0]
 
 
 def head_importance(attention, gradient):
@@ -81,8 +86,7 @@ def beyond_intuition(run, head_fusion="weighted"):
     layers = [einsum(head_importance(a, g), a, "b h, b h i j -> b i j")
               for a, g in list(zip(run.attentions, run.gradients))[BEYOND_INTUITION_START - 1:]]
     row = cls_row_of_product(layers, renormalise=False)  # row 0 of (I + Ā_L) ... (I + Ā_s), (B, N)
-    weight = run.integrated_gradient.clamp_min(0).mean(dim=1)[:, 0]
-    return to_grid(weight * row)
+    return to_grid(integrated_weight(run) * row)
 
 
 def legrad(run, head_fusion="mean"):

@@ -83,9 +83,8 @@ PURPOSE = {False: "where DeiT-tiny's (or --model's) class token looks, through a
                  "(one backward pass at inference)"}  # by whether the methods use the gradient
 
 
-def parser_for(names):
-    """The parser of a script that offers the methods ``names`` (keys of METHODS, its default first)."""
-    methods = [METHODS[name] for name in names]
+def parser_for(methods):
+    """The parser of a script that offers ``methods`` (Method, its default first)."""
     default = methods[0]
     p = argparse.ArgumentParser(
         description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, a "
@@ -255,9 +254,9 @@ def usable_devices():
     return ["cpu", *cuda, *(["mps"] if torch.backends.mps.is_available() else [])]
 
 
-def job_from(args, names):
-    """The parsed arguments of a script offering the methods ``names`` -> the pipeline's Job,
-    checked: every option given applies to a method chosen."""
+def job_from(args):
+    """The parsed arguments -> the pipeline's Job, checked: every option given applies to a
+    method chosen."""
     flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
     chosen = flat(args.method)
     check_applies(args, chosen)
@@ -293,9 +292,9 @@ def check_applies(args, methods):
 
 
 def script_methods(class_specific):
-    """The methods a script offers, in METHODS' order, its default first: gradient_rollout.py the
-    class-specific ones, attention_rollout.py the others."""
-    return tuple(name for name, m in METHODS.items() if m.uses_gradient == class_specific)
+    """The methods (Method) a script offers, in METHODS' order, its default first:
+    gradient_rollout.py the class-specific ones, attention_rollout.py the others."""
+    return tuple(m for m in METHODS.values() if m.uses_gradient == class_specific)
 
 
 def main(class_specific, argv=None):
@@ -309,7 +308,7 @@ def _main(methods, argv):
     args = parser.parse_args(argv)
     printout = Printout()
     try:
-        job = job_from(args, methods)
+        job = job_from(args)
         for method in job.methods:
             method.check_available()  # e.g. SciPy for flow, before the model loads
         paths = collect_pictures(args.image)

@@ -133,8 +133,9 @@ def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=Fal
     gradient, all in one backward pass.
     """
     wanted = set(keep) | set(keep_grad)
-    if not wanted <= {"attentions", *STATES}:
-        raise ValueError(f"trace keeps {', '.join(STATES)} (and the attentions), not {', '.join(sorted(wanted))}")
+    unknown = wanted - {"attentions", *STATES}
+    if unknown:
+        raise ValueError(f"trace keeps {', '.join(STATES)} (and the attentions), not {', '.join(sorted(unknown))}")
     graded = bool(keep_grad) or torch.is_grad_enabled()
     attentions = []
     inputs = [] if "attention_inputs" in wanted else None
