@@ -91,7 +91,7 @@ def parser_for(methods):
                     "figure PNG (the picture, and the map over a grey copy of it: red = most relevant, "
                     "a colour bar giving the map's range; titled with method, fusion and discard ratio where "
                     "the method has them, and class) and the raw mask as .npy (float32, the picture's height x width, in [0, 1], "
-                    "max 1), then prints the top-5 classes and every file written; a run of several "
+                    "max 1; signed, max |value| 1, for the per-pixel relevance methods), then prints the top-5 classes and every file written; a run of several "
                     "pictures also writes predictions.csv.",
         epilog="Exit status: 0 done; 1 some pictures failed (each reported, e.g. unreadable among several), "
                "the disk filled up (the run stops; every picture written is whole), or standard output "
@@ -124,6 +124,14 @@ def parser_for(methods):
                         "attention to the class token is never discarded (default: " + defaults + ")"
                         + ("; only the rollouts (" + ", ".join(m.option for m in discarding) + ") discard"
                            if len(discarding) < len(methods) else ""))
+    integrating = [m for m in methods if m.steps]
+    if integrating:
+        p.add_argument("--steps", type=positive_int, metavar="S",
+                       help=f"the steps of {', '.join(m.option for m in integrating)}'s path from a black "
+                            f"picture (Gauss-Legendre points; default: {integrating[0].steps}); more is closer "
+                            "to the integral and costs S forward and backward passes per picture")
+    else:
+        p.add_argument("--steps", type=positive_int, help=argparse.SUPPRESS)
     p.add_argument("--overlay", choices=BACKDROPS, default="grey",
                    help="what the map is drawn over: a greyscale copy of the picture, so that red means "
                         "relevance and nothing else, or the picture in colour (default: %(default)s)")
@@ -146,7 +154,8 @@ def parser_for(methods):
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                    help="pictures per forward pass (default: %(default)s)")
     p.add_argument("--save-grid", action="store_true",
-                   help="also save the 14x14 patch map as <name>_grid.npy")
+                   help="also save the 14x14 patch map as <name>_grid.npy (for a per-pixel method, "
+                        "the sum over each patch)")
     p.add_argument("--per-layer", action="store_true",
                    help="also write <name>_layers.png (the rollouts: " + ", ".join(m.option for m in methods if m.rollout)
                         + "): top row, the rollout after layers 1..12 (left to right); bottom row, each "
@@ -260,6 +269,8 @@ def job_from(args):
     flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
     chosen = flat(args.method)
     check_applies(args, chosen)
+    if args.steps:
+        chosen = tuple(m.with_steps(args.steps) if m.steps else m for m in chosen)
     fusion = args.head_fusion or ("all" if args.report else "mean")
     return Job(methods=chosen, categories=flat(getattr(args, "category", None) or []),
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
@@ -281,6 +292,9 @@ def check_applies(args, methods):
     if args.head_fusion not in (None, "all") and not any(args.head_fusion in m.fusions for m in methods):
         offered = "; ".join(f"{m.option}: {' or '.join(m.fusions)}" for m in methods)
         raise UsageError(f"--head-fusion {args.head_fusion}: no method chosen offers it ({offered})")
+    if args.steps is not None and not any(m.steps for m in methods):
+        raise UsageError(f"--steps: {', '.join(m.option for m in methods)} integrate"
+                         f"{'s' * (len(methods) == 1)} no gradient along a path; integrated-gradients does")
     if args.discard_ratio is not None and not any(m.discards for m in methods):
         raise UsageError(f"--discard-ratio: {', '.join(m.option for m in methods)} discard"
                          f"{'s' * (len(methods) == 1)} nothing; only the rollouts do")

@@ -15,16 +15,19 @@ from .fast_forms import bilinear_resize
 
 
 def upsample(grid, size):
-    """(G, G) map (array, or tensor on any device) -> (H, W) float32 array in [0, 1] at
-    ``size`` = (H, W), pixel-aligned with the picture.
+    """A (h, w) map (array, or tensor on any device): a (G, G) patch grid, or a value per pixel
+    of the model's (224, 224) input -> (H, W) float32 array at ``size`` = (H, W), pixel-aligned
+    with the picture, within the map's own range ([0, 1] for a patch map).
 
-    The picture was resized whole to the patch grid (images.py), so patch (i, j) covers rows
-    i*H/G..(i+1)*H/G; bilinear interpolation with align_corners=False maps those areas back.
+    The picture was resized whole to the model's input (images.py), so patch (i, j) covers rows
+    i*H/G..(i+1)*H/G, and input pixel (i, j) rows i*H/224..(i+1)*H/224; bilinear interpolation
+    with align_corners=False maps those areas back.
     """
     if isinstance(grid, torch.Tensor):
         grid = grid.detach().cpu().numpy()
-    mask = bilinear_resize(np.asarray(grid, dtype=np.float32), size)
-    return np.clip(mask, 0, 1, out=mask)
+    grid = np.asarray(grid, dtype=np.float32)
+    mask = bilinear_resize(grid, size)
+    return np.clip(mask, min(grid.min(), 0), max(grid.max(), 0), out=mask)  # the rounding of the blend clipped
 
 
 def jet(mask):
@@ -103,7 +106,7 @@ def to_height(picture, height):
 
 
 def value_range(grid):
-    """A (G, G) map -> (lowest, highest) of its values, the span its colours are stretched over."""
+    """A map -> (lowest, highest) of its values, the span its colours are stretched over."""
     values = np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid, np.float64)
     return float(values.min()), float(values.max())
 
@@ -136,7 +139,7 @@ def colour_bar(width, low, high, size=14):
 
 
 def map_panel(back, grid, label, look, size=14):
-    """A (G, G) map drawn over the panel-sized backdrop ``back``, stretched to its value range,
+    """A map (patch grid or pixels) drawn over the panel-sized backdrop ``back``, stretched to its value range,
     under ``label`` and over its colour bar."""
     low, high = value_range(grid)
     mask = stretched(upsample(grid, back.shape[:2]), low, high)
@@ -146,7 +149,7 @@ def map_panel(back, grid, label, look, size=14):
 
 def result_figure(picture, grids, title, look=Look(), side=SIDE):
     """The picture a run writes for each explanation: ``title`` across the top, then the picture
-    as given and each map of ``grids`` {label: (G, G)} over it, each panel ``side`` pixels on its
+    as given and each map of ``grids`` {label: (G, G) or (224, 224)} over it, each panel ``side`` pixels on its
     longer side with a colour bar of the map's own value range beneath; up to three panels in a
     row, four as two rows of two (so that a page shows the labels at their size)."""
     small = to_side(picture, side)

@@ -2,18 +2,21 @@
 file names, the explorer, the report and the docs all read it.
 
 A method is what its model run must keep (model_run.Keeps) and one pure function from that run
-to its map: ``map(run, head_fusion, discard_ratio) -> (B, G, G)``, max 1. The rollouts also
+to its map: ``map(run, head_fusion, discard_ratio) -> (B, G, G)``, max 1, or for a method whose
+map is per input pixel (``per_pixel``) (B, 224, 224), signed, max |value| 1. The rollouts also
 say how they build up layer by layer (rollout.Rollout), which the --per-layer figure and the
 explorer page show. A method's name is looked up once, where it enters (``method_named``), and
 the Method itself is passed on from there.
 
 The families, a module each: rollout.py (Attention Rollout and Flow, Gradient Rollout,
 Chefer et al.'s rule), attention_gradients.py (raw attention, Grad-SAM, TAM, Beyond
-Intuition, LeGrad), token_cams.py (Grad-CAM).
+Intuition, LeGrad), token_cams.py (Grad-CAM), pixel_relevance.py (input × gradient, integrated
+gradients, CP-LRP and AttnLRP, whose rules are in model.py), transformer_attribution.py
+(Chefer et al.'s LRP).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import Callable
 
@@ -22,10 +25,13 @@ import torch
 from . import max_flow
 from .attention_gradients import LEGRAD_LAYERS, beyond_intuition, grad_sam, legrad, raw_attention, tam
 from .model_run import Keeps
+from .pixel_relevance import pixel_relevance
 from .rollout import HEAD_FUSIONS, ROLLOUTS, Rollout, rolled_out
 from .token_cams import grad_cam
+from .transformer_attribution import transformer_attribution
 
 STEPS = 20  # the integrated gradient's steps in TAM and Beyond Intuition, as both papers' code
+INPUT_STEPS = 32  # integrated gradients' steps by default (--steps)
 
 
 def no_check():
@@ -47,6 +53,7 @@ class Method:
     cli_discard_ratio: float | None = None  # the command line's default discard ratio; None: it discards nothing
     check_available: Callable = no_check   # raises ImportError naming what to install
     rollout: Rollout | None = None  # how its map builds up layer by layer, where it does
+    per_pixel: bool = False   # its map has a value per input pixel (B, 224, 224), not per patch
 
     @property
     def uses_gradient(self):
@@ -60,6 +67,17 @@ class Method:
     @property
     def discards(self):
         return self.cli_discard_ratio is not None
+
+    @property
+    def steps(self):
+        """The steps its integrated gradients take from the black picture (0: it integrates none)."""
+        return self.keeps.input_steps
+
+    def with_steps(self, count):
+        """The same method integrating in ``count`` steps (where it integrates)."""
+        if not self.steps:
+            raise ValueError(f"method {self.name!r} integrates nothing: it takes no steps")
+        return replace(self, keeps=replace(self.keeps, input_steps=count))
 
 
 def rollout_method(name, **shown):
@@ -140,6 +158,34 @@ _TABLE = [
         title="LeGrad", paper="Bousselham et al., ICCV 2025",
         description="the last two layers' ReLU(d s_l / d attn_l), s_l the class logit read from "
                     "layer l's class token, heads fused, averaged over the rows"),
+    Method(
+        "input-gradient", Keeps(input_rules="gradient"), fused(pixel_relevance), option="input-gradient",
+        file_name="input-gradient", fusions=("none",), per_pixel=True, title="Input × gradient",
+        paper="Shrikumar et al., 2016", description="each input pixel times the gradient of the class's "
+        "logit, summed over the colours"),
+    Method(
+        "integrated-gradients", Keeps(input_rules="gradient", input_steps=INPUT_STEPS), fused(pixel_relevance),
+        option="integrated-gradients", file_name="integrated-gradients", fusions=("none",), per_pixel=True,
+        title="Integrated gradients", paper="Sundararajan et al., ICML 2017",
+        description="(picture - black) times the gradient averaged along the straight path from a "
+                    f"black picture, Gauss-Legendre steps (--steps, default {INPUT_STEPS})"),
+    Method(
+        "cp-lrp", Keeps(input_rules="cp-lrp"), fused(pixel_relevance), option="cp-lrp", file_name="cp-lrp",
+        fusions=("none",), per_pixel=True, title="CP-LRP", paper="Ali et al., ICML 2022",
+        description="gradient x input with LayerNorm's sigma and the attention constants and GELU "
+                    "by the identity rule: relevance conserved, but for the biases"),
+    Method(
+        "transformer-attribution", Keeps(attention_gradients=True, attention_relevances=True), transformer_attribution,
+        option="transformer-attribution", file_name="transformer-attribution", fusions=("mean",),
+        title="Transformer Attribution", paper="Chefer, Gur & Wolf, CVPR 2021",
+        description="each layer's LRP relevance of its attention (their rules: alpha1-beta0, the "
+                    "z-rule halved on products, residual shares rescaled) times its gradient, clamped, "
+                    "heads by mean as the paper, rolled out as in chefer"),
+    Method(
+        "attnlrp", Keeps(input_rules="attnlrp"), fused(pixel_relevance), option="attnlrp", file_name="attnlrp",
+        fusions=("none",), per_pixel=True, title="AttnLRP", paper="Achtibat et al., ICML 2024",
+        description="LRP with LayerNorm and GELU by the identity rule, the uniform rule on q.kT and "
+                    "attn.v, softmax by its own rule"),
 ]
 METHODS = {m.name: m for m in _TABLE}
 

@@ -57,9 +57,57 @@ L = _TINY.L     # blocks = 12
 M = _TINY.M     # MLP hidden width = 768
 
 
-def layer_norm(x, p):
+@dataclass(frozen=True)
+class Rules:
+    """How the stages pass the gradient back. A rule never changes a value of the forward pass
+    (they stay bitwise timm's); it changes what the backward pass computes, so that the input
+    times its gradient is a relevance that layer-wise relevance propagation (LRP) defines. Off,
+    every stage gives autograd's own gradient."""
+    constant_std: bool = False        # LayerNorm divides by a constant σ
+    gelu_identity: bool = False       # GELU passes relevance as the identity would
+    constant_attention: bool = False  # the attention probabilities are constants
+    uniform_products: bool = False    # q·kᵀ and A·v share relevance evenly between their operands
+
+
+GRADIENT = Rules()  # autograd's gradient: the plain forward
+RULES = {
+    "gradient": GRADIENT,
+    # Ali et al., "XAI for Transformers: Better Explanations through Conservative Propagation", ICML 2022
+    "cp-lrp": Rules(constant_std=True, gelu_identity=True, constant_attention=True),
+    # Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers", ICML 2024
+    "attnlrp": Rules(constant_std=True, gelu_identity=True, uniform_products=True),
+}
+
+
+def with_gradient_of(value, surrogate):
+    """``value`` in the forward pass, exactly (value + 0); in the backward, ``surrogate``'s gradient."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
+def scaled_gradient(x, factor):
+    """``x`` in the forward pass, exactly; ``factor`` times its gradient in the backward."""
+    return with_gradient_of(x, factor * x)
+
+
+def layer_norm(x, p, rules=GRADIENT):
     """(..., D) -> (..., D), normalised over the width with p's weight and bias."""
-    return F.layer_norm(x, x.shape[-1:], **p, eps=LN_EPS)
+    normed = F.layer_norm(x, x.shape[-1:], **p, eps=LN_EPS)
+    if rules.constant_std:
+        # σ held constant (Ali et al.'s rule; AttnLRP's identity rule on the normalisation): the
+        # backward of (x - mean(x)) · w/σ, linear in x, so its relevance is conserved.
+        std = torch.sqrt(x.detach().var(dim=-1, unbiased=False, keepdim=True) + LN_EPS)
+        normed = with_gradient_of(normed, (x - x.mean(dim=-1, keepdim=True)) * (p["weight"] / std))
+    return normed
+
+
+def gelu(h, rules=GRADIENT):
+    """Exact (erf) GELU, as nn.GELU(), elementwise."""
+    activated = F.gelu(h)
+    if rules.gelu_identity:
+        # AttnLRP's identity rule (their eq. 9): each element's relevance passes unchanged, which
+        # as a gradient is gelu(h)/h (lxt adds 1e-10 to h, as here).
+        activated = with_gradient_of(activated, h * (activated / (h + 1e-10)).detach())
+    return activated
 
 
 def embed(images, w):
@@ -71,41 +119,53 @@ def embed(images, w):
     return torch.cat([cls, patches], dim=1) + w["pos_embed"]
 
 
-def attention(x, p):
+def queries_keys_values(x, p):
+    """(B, N, D) -> q, k, v, each (B, H, N, d): one linear map, split into the three and the heads."""
+    qkv = rearrange(F.linear(x, **p["qkv"]), "b n (three h d) -> three b h n d", three=3, h=p["heads"])
+    return qkv.unbind(0)
+
+
+def attention(x, p, rules=GRADIENT):
     """Multi-head self-attention: (B, N, D) -> ((B, N, D), attention map (B, H, N, N)).
 
     The map is returned, not captured: it is the post-softmax matrix every rollout starts from.
     ``p["heads"]`` is H, the one size the weights' shapes cannot tell (weights.py sets it).
     """
-    qkv = rearrange(F.linear(x, **p["qkv"]), "b n (three h d) -> three b h n d", three=3, h=p["heads"])
-    q, k, v = qkv.unbind(0)  # (B, H, N, d) each
+    q, k, v = queries_keys_values(x, p)
+    if rules.uniform_products:
+        # AttnLRP's uniform rule (their eq. 7): a product's two operands share its relevance
+        # evenly. A·v gives half to v and half to A, whose half q·kᵀ splits again (the softmax
+        # between keeps its own gradient: that is AttnLRP's softmax rule).
+        q, k, v = scaled_gradient(q, 1 / 4), scaled_gradient(k, 1 / 4), scaled_gradient(v, 1 / 2)
     q = q * q.shape[-1] ** -0.5  # scale q by d^-1/2 before the product, as timm does (same rounding)
     attn = (q @ rearrange(k, "b h n d -> b h d n")).softmax(dim=-1)
-    out = rearrange(attn @ v, "b h n d -> b n (h d)")
+    # CP-LRP: the attention probabilities are constants, so relevance flows through the values alone
+    mixing = attn.detach() if rules.constant_attention else attn
+    out = rearrange(mixing @ v, "b h n d -> b n (h d)")
     return F.linear(out, **p["proj"]), attn
 
 
-def mlp(x, p):
-    """(B, N, D) -> (B, N, M) -> (B, N, D), each token on its own; exact (erf) GELU, as nn.GELU()."""
-    return F.linear(F.gelu(F.linear(x, **p["fc1"])), **p["fc2"])
+def mlp(x, p, rules=GRADIENT):
+    """(B, N, D) -> (B, N, M) -> (B, N, D), each token on its own."""
+    return F.linear(gelu(F.linear(x, **p["fc1"]), rules), **p["fc2"])
 
 
-def block(x, p):
+def block(x, p, rules=GRADIENT):
     """Pre-norm transformer block: (B, N, D) -> ((B, N, D), attention map (B, H, N, N), the
     attention's input norm1(x) (B, N, D)).
 
     The residual stream is the two visible additions.
     """
-    normed = layer_norm(x, p["norm1"])
-    mixed, attn = attention(normed, p["attn"])
+    normed = layer_norm(x, p["norm1"], rules)
+    mixed, attn = attention(normed, p["attn"], rules)
     x = x + mixed
-    x = x + mlp(layer_norm(x, p["norm2"]), p["mlp"])
+    x = x + mlp(layer_norm(x, p["norm2"], rules), p["mlp"], rules)
     return x, attn, normed
 
 
-def head(x, w):
+def head(x, w, rules=GRADIENT):
     """(B, N, D) -> (B, C) logits: the final LayerNorm, then the classifier on the CLS token."""
-    return F.linear(layer_norm(x, w["norm"])[:, 0], **w["head"])
+    return F.linear(layer_norm(x, w["norm"], rules)[:, 0], **w["head"])
 
 
 @dataclass(frozen=True)
@@ -120,7 +180,7 @@ class Trace:
 STATES = ("attention_inputs", "tokens")  # the Trace fields kept only when asked (each (B, N, D) per layer)
 
 
-def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=False):
+def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=False, rules=GRADIENT):
     """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised images -> Trace, the same numbers as ``forward``.
 
     ``keep`` names the STATES to keep besides the logits and maps (the others are None: no
@@ -130,7 +190,8 @@ def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=Fal
     ``graph_from`` (the blocks before it run without autograd, for a gradient wanted only
     further on). With ``blocks_apart`` every block reads a detached copy of its input, so a
     gradient from the tokens x_l reaches block l's map and no earlier one -- each layer's own
-    gradient, all in one backward pass.
+    gradient, all in one backward pass. ``rules`` (Rules) say how each stage passes the
+    gradient back; the values are the same under any.
     """
     wanted = set(keep) | set(keep_grad)
     unknown = wanted - {"attentions", *STATES}
@@ -148,14 +209,14 @@ def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=Fal
         with torch.set_grad_enabled(graded and index >= graph_from):
             if keep_grad and (blocks_apart or (index == graph_from and not x.requires_grad)):
                 x = x.detach().requires_grad_(True)  # a leaf: the gradient stops here
-            x, attn, normed = block(x, p)
+            x, attn, normed = block(x, p, rules)
         attentions.append(attn)
         if inputs is not None:
             inputs.append(normed)
     if tokens is not None:
         tokens.append(x)
     with torch.set_grad_enabled(graded):
-        logits = head(x, weights)
+        logits = head(x, weights, rules)
     kept = Trace(logits, attentions, inputs, tokens)
     for name in keep_grad:
         for tensor in getattr(kept, name):

@@ -9,18 +9,23 @@ the graph grows from. Each backward pass names the tensors whose gradients are k
 ``inputs``), so autograd goes no further down than they are: below layer 1's map (its softmax,
 qkv and the embedding) nothing is computed, and below each map, for LeGrad, nothing at all.
 
-The integrated gradient of TAM and Beyond Intuition is the one part that needs more passes:
-the images α·x for every step α, stacked into batches. The blocks before the last run without
-autograd there, and each backward pass goes through the last block and the head alone.
+The relevance methods backward to the input pixels, under the rules of model.RULES, and keep
+the input times its gradient. Integrated gradients (and the integrated gradient of TAM and Beyond
+Intuition) need more passes: the images on a path for every step α, stacked into batches. For
+TAM and Beyond Intuition the blocks before the last run without autograd there, and each
+backward pass goes through the last block and the head alone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from einops import rearrange
+from einops import einsum, rearrange
 
-from .model import head, trace
+from .images import MEAN, STD
+from .model import RULES, head, trace
+from .transformer_attribution import attention_relevances
 
 INTEGRATION_ROWS = 64  # (image, step) pairs per forward pass of an integrated gradient
 
@@ -32,12 +37,15 @@ class Keeps:
     attention_input_gradient: bool = False  # a = norm1(x_(L-1)), the last attention's input, and ∂y_c/∂a
     read_out_layers: int = 0                # the last this many layers' ∂s_l/∂A_l, s_l = head(x_l)[c]
     integrated: tuple = ()                  # the steps α: the mean of ∂y_c/∂A_L over the images α·x
+    attention_relevances: bool = False      # Chefer et al.'s LRP relevance of every layer's map (with attention_gradients)
+    input_rules: str | None = None          # a key of model.RULES: the input's relevance x ⊙ ∂y_c/∂x under them
+    input_steps: int = 0                    # that gradient integrated from a black picture in this many steps
 
     @property
     def explains_class(self):
         """Whether the run takes a gradient, of one class's logit."""
         return (self.attention_gradients or self.attention_input_gradient or self.read_out_layers > 0
-                or bool(self.integrated))
+                or bool(self.integrated) or self.input_rules is not None)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class ModelRun:
     attention_input_gradient: torch.Tensor | None = None   # (B, N, D): ∂y_c/∂ it
     read_out_gradients: list | None = None                 # Keeps.read_out_layers (B, H, N, N): ∂s_l/∂A_l
     integrated_gradient: torch.Tensor | None = None        # (B, H, N, N): mean_α ∂y_c/∂A_L at α·x
+    attention_relevances: list | None = None               # L (B, H, N, N): R^A_l, transformer_attribution.py
+    input_relevance: torch.Tensor | None = None            # (B, 3, 224, 224): (x - x̄) ⊙ ∂y_c/∂x (x̄ = 0 but when integrated)
 
 
 def class_logit(logits, category):
@@ -78,7 +88,8 @@ def _class_run(weights, images, keeps, category):
     if keeps.attention_gradients or keeps.attention_input_gradient:
         # Grad-CAM alone wants a gradient at the last block only: the graph starts there
         start = 0 if keeps.attention_gradients else len(weights["blocks"]) - 1
-        kept = trace(weights, images, keep_grad=("attentions",) * keeps.attention_gradients
+        kept = trace(weights, images, keep=("tokens",) * keeps.attention_relevances,
+                     keep_grad=("attentions",) * keeps.attention_gradients
                      + ("attention_inputs",) * keeps.attention_input_gradient, graph_from=start)
         wanted = (kept.attentions if keeps.attention_gradients else []) + \
             (kept.attention_inputs[-1:] if keeps.attention_input_gradient else [])
@@ -88,6 +99,8 @@ def _class_run(weights, images, keeps, category):
         if keeps.attention_input_gradient:
             found["attention_input"] = kept.attention_inputs[-1].detach()
             found["attention_input_gradient"] = kept.attention_inputs[-1].grad
+        if keeps.attention_relevances:
+            found["attention_relevances"] = attention_relevances(weights, [x.detach() for x in kept.tokens], category)
     if keeps.read_out_layers:
         count = keeps.read_out_layers
         # block l reads a detached x_(l-1), so each s_l's gradient stops at its own layer's map:
@@ -100,10 +113,63 @@ def _class_run(weights, images, keeps, category):
         kept = kept or apart
     if keeps.integrated:
         found["integrated_gradient"] = integrated_gradient(weights, images, category, keeps.integrated)
+    if keeps.input_rules is not None and keeps.input_steps:
+        found["input_relevance"] = integrated_gradients(weights, images, category, keeps.input_steps)
+    elif keeps.input_rules is not None:
+        kept, found["input_relevance"] = input_relevance(weights, images, category, RULES[keeps.input_rules])
     if kept is None:
         with torch.no_grad():
             kept = trace(weights, images)
     return ModelRun(kept.logits.detach(), [a.detach() for a in kept.attentions], **found)
+
+
+def input_relevance(weights, images, category, rules):
+    """x ⊙ ∂y_c/∂x, the gradient taken under ``rules`` (model.Rules) -> (the model.Trace, (B, 3,
+    224, 224) relevance): gradient × input, which the LRP rules make a relevance."""
+    x = images.detach().requires_grad_(True)
+    kept = trace(weights, x, rules=rules)
+    class_logit(kept.logits, category).backward(inputs=[x])
+    return kept, x.detach() * x.grad
+
+
+def black_picture(images):
+    """The model input of an all-black picture, shaped (1, 3, 1, 1) on ``images``' device."""
+    mean, std = (torch.tensor(values, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+                 for values in (MEAN, STD))
+    return -mean / std
+
+
+def gauss_legendre(count):
+    """``count`` Gauss-Legendre points α on [0, 1] and their weights (which sum to 1), captum's
+    default rule for integrated gradients: exact for polynomials up to degree 2·count - 1."""
+    nodes, weights = np.polynomial.legendre.leggauss(count)
+    return tuple((nodes + 1) / 2), tuple(weights / 2)
+
+
+def integrated_gradients(weights, images, category, count):
+    """Integrated gradients (Sundararajan et al., ICML 2017) from the black picture x̄:
+    (x - x̄) ⊙ Σ_k w_k ∂y_c/∂x at x̄ + α_k (x - x̄), Gauss-Legendre's α_k and w_k -> (B, 3, 224, 224)."""
+    alphas, step_weights = gauss_legendre(count)
+    step_weights = torch.tensor(step_weights, dtype=images.dtype, device=images.device)
+    baseline = black_picture(images)
+    sums = []
+    for rows, path in along_path(images, alphas, baseline):
+        x = path.requires_grad_(True)
+        class_logit(trace(weights, x).logits, category[rows].repeat_interleave(count)).backward(inputs=[x])
+        sums.append(einsum(rearrange(x.grad, "(b s) c h w -> b s c h w", s=count), step_weights,
+                           "b s c h w, s -> b c h w"))
+    return (images - baseline) * torch.cat(sums)
+
+
+def along_path(images, alphas, baseline=0.0):
+    """Yield (rows, inputs): the batch's ``rows`` (a slice), and for each of their images x the
+    inputs x̄ + α(x - x̄) of every step α, stacked "(b s) c h w", INTEGRATION_ROWS pairs at a time."""
+    steps = torch.tensor(alphas, dtype=images.dtype, device=images.device)[:, None, None, None, None]
+    per_pass = max(1, INTEGRATION_ROWS // len(alphas))  # images per pass
+    for start in range(0, images.shape[0], per_pass):
+        rows = slice(start, start + per_pass)
+        path = baseline + steps * (images[rows] - baseline)  # (S, b, 3, 224, 224)
+        yield rows, rearrange(path, "s b c h w -> (b s) c h w")
 
 
 def integrated_gradient(weights, images, category, alphas):
@@ -111,15 +177,10 @@ def integrated_gradient(weights, images, category, alphas):
 
     The (image, step) pairs go through the model INTEGRATION_ROWS at a time; the blocks before
     the last run without autograd, as the gradient is wanted at the last map only."""
-    steps = torch.tensor(alphas, dtype=images.dtype, device=images.device)
     S = len(alphas)
-    per_pass = max(1, INTEGRATION_ROWS // S)  # images per pass
     means = []
-    for start in range(0, images.shape[0], per_pass):
-        chunk = images[start:start + per_pass]
-        scaled = rearrange(steps[:, None, None, None, None] * chunk, "s b c h w -> (b s) c h w")
+    for rows, scaled in along_path(images, alphas):
         kept = trace(weights, scaled, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - 1)
-        class_logit(kept.logits, category[start:start + per_pass].repeat_interleave(S)).backward(
-            inputs=kept.attentions[-1:])
+        class_logit(kept.logits, category[rows].repeat_interleave(S)).backward(inputs=kept.attentions[-1:])
         means.append(rearrange(kept.attentions[-1].grad, "(b s) h n m -> b s h n m", s=S).mean(dim=1))
     return torch.cat(means)

@@ -23,6 +23,7 @@ from .explorer import explorer_page
 from .labels import class_names, rank, short_name, top, top_classes
 from .model import ARCHITECTURES, DEFAULT_MODEL
 from .methods import METHODS, Method
+from .pixel_relevance import patch_sums
 from .rollout import HEAD_FUSIONS
 from .writing import (discard, publish, stage, write_figure, write_json, write_new, write_npy, write_png,
                       write_text)
@@ -34,7 +35,7 @@ class PictureResult:
     path: Path                    # the picture file, as given
     picture: np.ndarray           # (H, W, 3) uint8, as read
     probabilities: np.ndarray     # (C,)
-    maps: dict                    # head fusion -> (G, G) map, max 1
+    maps: dict                    # head fusion -> (G, G) map, max 1; (224, 224) for a per-pixel method, max |value| 1
     # head fusion -> ((L, G, G) rollout through layers 1..l, (L, G, G) each layer's own attention)
     layers: dict = field(default_factory=dict)
     category: int | None = None   # the class explained: a gradient method's, else the top one
@@ -191,7 +192,7 @@ def savers(result, endings, look=Look()):
     for fusion, grid in result.maps.items():
         files[f"mask {fusion}"] = partial(write_npy, array=upsample(grid, result.picture.shape[:2]))
         if f"grid {fusion}" in endings:
-            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(grid, np.float32))
+            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(patch_maps(result.method, grid), np.float32))
         if f"layers {fusion}" in endings:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(
                 result.picture, *result.layers[fusion], title=title(result, fusion), look=look))
@@ -209,12 +210,21 @@ def savers(result, endings, look=Look()):
     return files, notes
 
 
+def patch_maps(method, maps):
+    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid: a
+    per-pixel map summed over each patch, a patch map as it is."""
+    if isinstance(maps, dict):
+        return {key: patch_maps(method, m) for key, m in maps.items()}
+    return patch_sums(maps) if method.per_pixel else maps
+
+
 def title(result, fusion=None):
     """What ``result`` explains, in a line: method, head fusion (``fusion``, or all the
     result's), discard ratio, the class with its probability and rank, and the DeiT."""
     method = result.method
     how = [f"{fusion or ' | '.join(result.maps)} fusion"] if method.fuses_heads else []
     how += [f"discard ratio {ratio_text(result.discard_ratio)}"] if method.discards else []
+    how += [f"{method.steps} steps from black"] if method.steps else []
     which = "class" if method.uses_gradient else "top class"
     return (", ".join([method.title, *how]) + f": {which} {class_line(result.probabilities, result.category)}; "
             f"{ARCHITECTURES[result.model].title}")

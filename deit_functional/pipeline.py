@@ -42,7 +42,7 @@ from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
 from .model import DEFAULT_MODEL
 from .drawing import Look
-from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
+from .outputs import Names, PictureResult, file_endings, file_tag, patch_maps, printed, write, write_predictions
 from .report import entry as report_entry, write_report
 
 
@@ -107,7 +107,8 @@ def explain_batch(weights, batch, job, device, method, category):
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
                     for f in fusions} if job.per_layer or job.html else {},
             category=explained,
-            faithfulness=perturbation_test(weights, inputs[row], grids, explained) if job.evaluate else None,
+            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids), explained)
+            if job.evaluate else None,
             method=method, attentions=attentions[row] if job.html else None, model=job.model,
             discard_ratio=job.ratio(method)))
     return results

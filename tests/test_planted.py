@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from deit_functional import METHODS, explain, forward, load_weights, to_input
-from deit_functional.model import G as GRID, H
+from deit_functional.model import G as GRID, H, IMAGE_SIZE
+from deit_functional.outputs import patch_maps
 from deit_functional.model_run import Keeps, run_model
 from deit_functional.weights import expected_shapes
 from planted import AGAINST, BLUE, BLUE_CLASS, ETA, KAPPA, RED, RED_CLASS, draw_scene, planted_state_dict
@@ -62,6 +63,9 @@ def inside(square, height, width):
     mask = in_rows[:, None] & in_cols[None, :]
     assert mask.any(), f"test set-up: no patch centre inside {square} on {height}x{width}"
     return torch.from_numpy(mask)
+
+
+MAP_SHAPE = {False: (GRID, GRID), True: (IMAGE_SIZE, IMAGE_SIZE)}  # a map per patch, per pixel
 
 
 def argmax_patch(saliency):
@@ -221,8 +225,8 @@ def explained_once(planted, batch_for, cases):
 
 
 def integrates(name):
-    """Whether method ``name`` integrates a gradient: len(steps) forward passes a picture."""
-    return bool(METHODS[name].keeps.integrated)
+    """Whether method ``name`` integrates a gradient: a forward pass a picture for each step."""
+    return bool(METHODS[name].keeps.integrated or METHODS[name].steps)
 
 
 def scenes_for(name, scenes):
@@ -283,7 +287,8 @@ def test_class_specific_methods_light_the_explained_colour_only(square_pairs, pa
     a whole one sees, as every planted block attends alike."""
     scenes = scenes_for(name, square_pairs[0])
     both = pair_maps(name, discard_ratio)[head_fusion]
-    assert both.shape == (2 * len(scenes), GRID, GRID) and torch.isfinite(both).all()
+    assert both.shape == (2 * len(scenes), *MAP_SHAPE[METHODS[name].per_pixel]) and torch.isfinite(both).all()
+    both = patch_maps(METHODS[name], both)  # a per-pixel method's patch sums
     maps = both[:len(scenes)] if explained == "red" else both[len(scenes):]
     for saliency, (h, w, red, blue) in zip(maps, scenes):
         target, other = (red, blue) if explained == "red" else (blue, red)
@@ -370,7 +375,7 @@ def test_what_grad_cam_legrad_and_the_integrated_gradient_read_is_as_planted(pla
     logits, attentions = forward(planted, zero, retain_grad=True)
     logits.gather(1, category[:, None]).sum().backward()
     at_zero = attentions[-1].grad
-    for steps in {METHODS[name].keeps.integrated for name in METHODS if integrates(name)}:
+    for steps in {m.keeps.integrated for m in METHODS.values() if m.keeps.integrated}:
         mean_step = sum(steps) / len(steps)
         integrated = run_model(planted, pictures, Keeps(integrated=steps), category).integrated_gradient
         torch.testing.assert_close(integrated, mean_step * whole[-1] + (1 - mean_step) * at_zero,

@@ -1,0 +1,128 @@
+"""Transformer Attribution -- Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention
+Visualization", CVPR 2021: the LRP relevance of every attention map, weighted by its gradient,
+rolled out.
+
+Their LRP is no change of the gradient but a pass of its own, from the class's one-hot down the
+blocks, stage by stage: the functions below, one per stage of model.py, each taking the stage's
+input and the relevance R of its output (same shape as the output) and giving its input's. As
+their code (hila-chefer/Transformer-Explainability, baselines/ViT/ViT_LRP.py and
+modules/layers_ours.py):
+
+* linear maps: the α1β0 rule, z = W⁺x⁺ + W⁻x⁻ (bias left out), R_x = x⁺ ⊙ W⁺ᵀ(R/z) + x⁻ ⊙ W⁻ᵀ(R/z);
+* LayerNorm, GELU and softmax pass R through unchanged;
+* the products q·kᵀ and A·v: the z-rule, each operand's share a ⊙ ∂(a·b)/∂a (R/z), halved;
+* a residual addition x + f: the z-rule shares, each branch then rescaled so that the two hold
+  R's total in the proportion of their |totals| (per image: their code sums over the batch);
+* a copy (the residual branch and the LayerNorm both read x): the two relevances added.
+
+The relevance of block l's map (A·v's share for A) times ∂y_c/∂A_l, clamped at 0 and averaged
+over the heads, is each layer's Ā_l, rolled out as Chefer et al.'s rule of 2021 rolls out theirs
+(rollout.py, "chefer": R <- R + Ā R from R = I, no renormalisation). Biases take no relevance, so
+it is not conserved.
+
+The rules divide by sums that cross zero (z, x + f, a branch's total), so the map is badly
+conditioned: on random weights a relative 1e-7 change of the input moves it by up to ~25%, and
+float32 and float64 runs of one picture can differ by that much (theirs as ours). Shapes as
+model.py; the blocks' inputs come from the model run (model.Trace.tokens).
+"""
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+
+from .model import attention, gelu, layer_norm, queries_keys_values
+from .rollout import ROLLOUTS, rolled_out
+
+EPS = 1e-9  # their safe_divide's
+
+
+def safe_divide(a, b):
+    """a / (b + EPS), the EPS added whatever b's sign (a sum of exactly -EPS gets EPS), and 0
+    wherever b is 0: their code's division."""
+    den = b + EPS
+    return torch.where(b != 0, a / torch.where(den == 0, EPS, den), 0.0)
+
+
+def linear_relevance(x, p, R):
+    """α1β0 through F.linear(x, **p): (..., in) input, (..., out) relevance -> (..., in)."""
+    up, down = p["weight"].clamp(min=0), p["weight"].clamp(max=0)
+    x_up, x_down = x.clamp(min=0), x.clamp(max=0)
+    s = safe_divide(R, F.linear(x_up, up) + F.linear(x_down, down))
+    return x_up * (s @ up) + x_down * (s @ down)
+
+
+def product_relevance(a, b, R):
+    """The z-rule through a @ b, halved: (.., n, k), (.., k, m), R (.., n, m) -> R_a, R_b."""
+    s = safe_divide(R, a @ b)
+    return a * (s @ b.transpose(-1, -2)) / 2, b * (a.transpose(-1, -2) @ s) / 2
+
+
+def sum_relevance(x, f, R):
+    """Through x + f, per image: the z-rule shares, each branch rescaled to its part of R's
+    total -> R_x, R_f (each (B, N, D))."""
+    s = safe_divide(R, x + f)
+    shares = x * s, f * s
+    totals = [reduce(share, "b n d -> b () ()", "sum") for share in shares]
+    whole = reduce(R, "b n d -> b () ()", "sum")
+    size = totals[0].abs() + totals[1].abs()
+    return tuple(share * safe_divide(safe_divide(total.abs(), size) * whole, total)
+                 for share, total in zip(shares, totals))
+
+
+def copy_relevance(x, R_one, R_other):
+    """x read twice: x ⊙ (R_one/x + R_other/x), their code's form of R_one + R_other."""
+    return x * (safe_divide(R_one, x) + safe_divide(R_other, x))
+
+
+def attention_relevance(x, p, R):
+    """Through model.attention (x = norm1's output): R (B, N, D) -> (R_x, R_A (B, H, N, N))."""
+    q, k, v = queries_keys_values(x, p)
+    attn = (q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2)).softmax(dim=-1)
+    mixed = rearrange(attn @ v, "b h n d -> b n (h d)")
+    R_mixed = rearrange(linear_relevance(mixed, p["proj"], R), "b n (h d) -> b h n d", h=p["heads"])
+    R_attn, R_v = product_relevance(attn, v, R_mixed)
+    # softmax passes R_attn to the scores; their rule reads the product q·kᵀ, before its scale
+    R_q, R_k = product_relevance(q, k.transpose(-1, -2), R_attn)
+    R_qkv = rearrange([R_q, R_k.transpose(-1, -2), R_v], "three b h n d -> b n (three h d)")
+    return linear_relevance(x, p["qkv"], R_qkv), R_attn
+
+
+def block_relevance(x, p, R):
+    """Through model.block, recomputed from its input x: R (B, N, D) -> (R_x, R_A)."""
+    normed = layer_norm(x, p["norm1"])
+    mixed, _ = attention(normed, p["attn"])
+    middle = x + mixed
+    normed_2 = layer_norm(middle, p["norm2"])
+    activated = gelu(F.linear(normed_2, **p["mlp"]["fc1"]))
+    R_middle, R_mlp = sum_relevance(middle, F.linear(activated, **p["mlp"]["fc2"]), R)
+    R_hidden = linear_relevance(activated, p["mlp"]["fc2"], R_mlp)  # GELU passes it on
+    R_middle = copy_relevance(middle, R_middle, linear_relevance(normed_2, p["mlp"]["fc1"], R_hidden))
+    R_x, R_mixed = sum_relevance(x, mixed, R_middle)
+    R_normed, R_attn = attention_relevance(normed, p["attn"], R_mixed)
+    return copy_relevance(x, R_x, R_normed), R_attn
+
+
+def head_relevance(x, w, category):
+    """From the one-hot of ``category`` (B,) through model.head: -> R of its input x (B, N, D),
+    all on the CLS token."""
+    cls = layer_norm(x, w["norm"])[:, 0]
+    R_cls = linear_relevance(cls, w["head"], F.one_hot(category, w["head"]["weight"].shape[0]).to(x.dtype))
+    R = torch.zeros_like(x)
+    R[:, 0] = x[:, 0] * safe_divide(R_cls, x[:, 0])  # the final LayerNorm passes it; the CLS row is read
+    return R
+
+
+@torch.no_grad()
+def attention_relevances(weights, tokens, category):
+    """Every block's attention relevance, from the tokens x_0 .. x_L of the model run -> L (B, H,
+    N, N), first block first."""
+    R = head_relevance(tokens[-1], weights, category)
+    found = []
+    for x, p in zip(reversed(tokens[:-1]), reversed(weights["blocks"])):
+        R, R_attn = block_relevance(x, p, R)
+        found.append(R_attn)
+    return found[::-1]
+
+
+def transformer_attribution(run, head_fusion="mean", discard_ratio=0.0):
+    """The rolled-out mean_h (∂y_c/∂A ⊙ R^A)⁺ of every layer -> (B, G, G), max 1."""
+    return rolled_out(ROLLOUTS["chefer"], run.attention_relevances, run.gradients, head_fusion, discard_ratio)
