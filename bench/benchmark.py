@@ -1,6 +1,6 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
-    python bench/benchmark.py            # batch 1, 32 and 64, every method, attention flow, whole processes (15-20 min)
+    python bench/benchmark.py            # batch 1, 32 and 64, every method, attention flow, whole processes (20-25 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
 Every row runs on the same seeded random weights (in the same memory: sharing_storage) and

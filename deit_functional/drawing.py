@@ -138,23 +138,50 @@ def colour_bar(width, low, high, size=14):
     return np.concatenate([np.full((3, width, 3), 255, np.uint8), strip, band])
 
 
-def map_panel(back, grid, label, look, size=14):
-    """A map (patch grid or pixels) drawn over the panel-sized backdrop ``back``, stretched to its value range,
-    under ``label`` and over its colour bar."""
+FOR, AGAINST = np.array([255, 0, 0], np.float32), np.array([0, 0, 255], np.float32)  # a signed map's colours
+
+
+def signed_overlay(picture, mask, alpha=0.5):
+    """Blend a signed (H, W) mask in [-1, 1] over an (H, W, 3) uint8 picture: red where it is
+    positive, blue where negative, each with weight alpha * |value|, so that 0 leaves the picture
+    as it is (a JET colour would tint it: a signed map's 0 lies mid-scale)."""
+    weight = (alpha * np.abs(mask))[..., None]
+    colour = np.where(mask[..., None] >= 0, FOR, AGAINST)
+    return (picture * (1 - weight) + colour * weight + 0.5).astype(np.uint8)
+
+
+def signed_colour_bar(width, reach, size=14):
+    """A strip from blue (-reach) through grey (0) to red (+reach), then its scale."""
+    values = np.linspace(-1, 1, width, dtype=np.float32)[None].repeat(10, axis=0)
+    strip = signed_overlay(np.full((10, width, 3), 160, np.uint8), values, alpha=1.0)
+    left, right = number_pair(-reach, reach)
+    band = text_band([(left, "left"), ("against the class | for it", "centre"), (right, "right")], width, size)
+    return np.concatenate([np.full((3, width, 3), 255, np.uint8), strip, band])
+
+
+def map_panel(back, grid, label, look, size=14, signed=False):
+    """A map (patch grid or pixels) drawn over the panel-sized backdrop ``back`` under ``label``
+    and over its colour bar: stretched to its value range in JET colours, or where it is
+    ``signed`` (a relevance that can speak against the class) red and blue either side of 0."""
     low, high = value_range(grid)
-    mask = stretched(upsample(grid, back.shape[:2]), low, high)
-    return np.concatenate([labelled(overlay(back, mask, look.alpha), label, size),
+    mask = upsample(grid, back.shape[:2])
+    if signed:
+        reach = max(-low, high, 1e-30)
+        return np.concatenate([labelled(signed_overlay(back, mask / reach, look.alpha), label, size),
+                               signed_colour_bar(back.shape[1], reach, size)])
+    return np.concatenate([labelled(overlay(back, stretched(mask, low, high), look.alpha), label, size),
                            colour_bar(back.shape[1], low, high, size)])
 
 
-def result_figure(picture, grids, title, look=Look(), side=SIDE):
+def result_figure(picture, grids, title, look=Look(), side=SIDE, signed=False):
     """The picture a run writes for each explanation: ``title`` across the top, then the picture
     as given and each map of ``grids`` {label: (G, G) or (224, 224)} over it, each panel ``side`` pixels on its
-    longer side with a colour bar of the map's own value range beneath; up to three panels in a
-    row, four as two rows of two (so that a page shows the labels at their size)."""
+    longer side with a colour bar of the map's own value range beneath (map_panel: ``signed``
+    maps in red and blue); up to three panels in a row, four as two rows of two (so that a page
+    shows the labels at their size)."""
     small = to_side(picture, side)
     back = backdrop(small, look)
-    maps = [map_panel(back, grid, label, look, LABEL) for label, grid in grids.items()]
+    maps = [map_panel(back, grid, label, look, LABEL, signed) for label, grid in grids.items()]
     original = labelled(small, "the picture", LABEL)
     below = text_band([(f"{picture.shape[1]} x {picture.shape[0]} pixels", "left")], small.shape[1], 14)
     original = np.concatenate([original, np.full((maps[0].shape[0] - original.shape[0] - below.shape[0],

@@ -47,9 +47,13 @@ def explain(weights, images, method="attention", *, category=None, head_fusions=
     ``method`` is a key of methods.METHODS (or a Method): "attention" (Attention Rollout),
     "flow" (Attention Flow, which needs SciPy) or "raw-attention" explain what the model looks
     at; "gradient" (Gradient Rollout), "chefer", "grad-cam", "grad-sam", "tam",
-    "beyond-intuition" and "legrad" explain the class ``category`` (an int, or one per image as
-    a (B,) tensor). ``head_fusions`` are those the method offers (Method.fusions; default: its
-    first, "mean" where it fuses heads); one model run serves every fusion.
+    "beyond-intuition", "legrad" and the relevance methods "input-gradient",
+    "integrated-gradients", "cp-lrp", "attnlrp" and "transformer-attribution" explain the class
+    ``category`` (an int, or one per image as a (B,) tensor). A per-pixel method's maps
+    (Method.per_pixel) are (B, 224, 224), signed, max |value| 1. ``head_fusions`` are those the
+    method offers (Method.fusions; default: its first, "mean" where it fuses heads); one model
+    run serves every fusion. Integrated gradients take their steps from the Method:
+    ``METHODS["integrated-gradients"].with_steps(64)``.
     """
     m = method_named(method)
     fusions, ratio = fusions_of(m, head_fusions), discard_of(m, discard_ratio)

@@ -53,7 +53,7 @@ class Method:
     cli_discard_ratio: float | None = None  # the command line's default discard ratio; None: it discards nothing
     check_available: Callable = no_check   # raises ImportError naming what to install
     rollout: Rollout | None = None  # how its map builds up layer by layer, where it does
-    per_pixel: bool = False   # its map has a value per input pixel (B, 224, 224), not per patch
+    per_pixel: bool = False   # its map has a value per input pixel (B, 224, 224), signed, not per patch
 
     @property
     def uses_gradient(self):
@@ -160,7 +160,7 @@ _TABLE = [
                     "layer l's class token, heads fused, averaged over the rows"),
     Method(
         "input-gradient", Keeps(input_rules="gradient"), fused(pixel_relevance), option="input-gradient",
-        file_name="input-gradient", fusions=("none",), per_pixel=True, title="Input × gradient",
+        file_name="input-gradient", fusions=("none",), per_pixel=True, title="Input x gradient",
         paper="Shrikumar et al., 2016", description="each input pixel times the gradient of the class's "
         "logit, summed over the colours"),
     Method(
@@ -175,17 +175,18 @@ _TABLE = [
         description="gradient x input with LayerNorm's sigma and the attention constants and GELU "
                     "by the identity rule: relevance conserved, but for the biases"),
     Method(
-        "transformer-attribution", Keeps(attention_gradients=True, attention_relevances=True), transformer_attribution,
+        "attnlrp", Keeps(input_rules="attnlrp"), fused(pixel_relevance), option="attnlrp", file_name="attnlrp",
+        fusions=("none",), per_pixel=True, title="AttnLRP", paper="Achtibat et al., ICML 2024",
+        description="LRP with LayerNorm and GELU by the identity rule, the uniform rule on q.kT and "
+                    "attn.v, softmax by its own rule"),
+    Method(
+        "transformer-attribution", Keeps(attention_gradients=True, attention_relevances=True),
+        fused(transformer_attribution),
         option="transformer-attribution", file_name="transformer-attribution", fusions=("mean",),
         title="Transformer Attribution", paper="Chefer, Gur & Wolf, CVPR 2021",
         description="each layer's LRP relevance of its attention (their rules: alpha1-beta0, the "
                     "z-rule halved on products, residual shares rescaled) times its gradient, clamped, "
                     "heads by mean as the paper, rolled out as in chefer"),
-    Method(
-        "attnlrp", Keeps(input_rules="attnlrp"), fused(pixel_relevance), option="attnlrp", file_name="attnlrp",
-        fusions=("none",), per_pixel=True, title="AttnLRP", paper="Achtibat et al., ICML 2024",
-        description="LRP with LayerNorm and GELU by the identity rule, the uniform rule on q.kT and "
-                    "attn.v, softmax by its own rule"),
 ]
 METHODS = {m.name: m for m in _TABLE}
 

@@ -10,6 +10,10 @@ Every stage takes the token stream ``x`` first and its own weights ``p`` second:
 the nested weights dict (weights.py) whose names mirror timm's, so ``p["qkv"]`` holds
 ``{"weight", "bias"}`` and unpacks straight into ``F.linear``.
 
+The stages that LRP's rules change (layer_norm, gelu, attention, and those that call them) take
+``rules`` (Rules), GRADIENT by default: each rule is a few lines in its stage, named for its
+paper, that change what the backward pass computes and never a value of the forward.
+
 Shape legend: the constants below, and B for the batch. Every einops string and shape line
 uses these letters (lower case in einops strings). D, H, d, L and M are given for DeiT-tiny, the
 homework's model; ARCHITECTURES holds them for all three.
@@ -79,14 +83,24 @@ RULES = {
 }
 
 
-def with_gradient_of(value, surrogate):
-    """``value`` in the forward pass, exactly (value + 0); in the backward, ``surrogate``'s gradient."""
-    return value.detach() + (surrogate - surrogate.detach())
+class _WithBackward(torch.autograd.Function):
+    """with_backward's autograd node: the value as it is; the gradient as the rule gives it."""
+
+    @staticmethod
+    def forward(ctx, x, value, backward):
+        ctx.backward = backward
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return ctx.backward(gradient), None, None
 
 
-def scaled_gradient(x, factor):
-    """``x`` in the forward pass, exactly; ``factor`` times its gradient in the backward."""
-    return with_gradient_of(x, factor * x)
+def with_backward(x, value, backward):
+    """``value``, which a stage computed from ``x``, exactly as it is; in the backward pass the
+    gradient reaches ``x`` as ``backward(gradient)`` says, instead of through the stage: an LRP
+    rule, written as the formula of the gradient it passes back."""
+    return _WithBackward.apply(x, value.detach(), backward)  # detached: no path back through the stage's graph
 
 
 def layer_norm(x, p, rules=GRADIENT):
@@ -94,9 +108,10 @@ def layer_norm(x, p, rules=GRADIENT):
     normed = F.layer_norm(x, x.shape[-1:], **p, eps=LN_EPS)
     if rules.constant_std:
         # σ held constant (Ali et al.'s rule; AttnLRP's identity rule on the normalisation): the
-        # backward of (x - mean(x)) · w/σ, linear in x, so its relevance is conserved.
-        std = torch.sqrt(x.detach().var(dim=-1, unbiased=False, keepdim=True) + LN_EPS)
-        normed = with_gradient_of(normed, (x - x.mean(dim=-1, keepdim=True)) * (p["weight"] / std))
+        # gradient of (x - mean(x)) · w/σ, linear in x, so its relevance is conserved.
+        centred = lambda t: t - t.mean(dim=-1, keepdim=True)
+        std = torch.sqrt(centred(x.detach()).square().mean(dim=-1, keepdim=True) + LN_EPS)  # (..., 1)
+        normed = with_backward(x, normed, lambda gradient: centred(gradient * p["weight"]) / std)
     return normed
 
 
@@ -106,7 +121,8 @@ def gelu(h, rules=GRADIENT):
     if rules.gelu_identity:
         # AttnLRP's identity rule (their eq. 9): each element's relevance passes unchanged, which
         # as a gradient is gelu(h)/h (lxt adds 1e-10 to h, as here).
-        activated = with_gradient_of(activated, h * (activated / (h + 1e-10)).detach())
+        slope = activated.detach() / (h.detach() + 1e-10)
+        activated = with_backward(h, activated, lambda gradient: gradient * slope)
     return activated
 
 
@@ -136,7 +152,8 @@ def attention(x, p, rules=GRADIENT):
         # AttnLRP's uniform rule (their eq. 7): a product's two operands share its relevance
         # evenly. A·v gives half to v and half to A, whose half q·kᵀ splits again (the softmax
         # between keeps its own gradient: that is AttnLRP's softmax rule).
-        q, k, v = scaled_gradient(q, 1 / 4), scaled_gradient(k, 1 / 4), scaled_gradient(v, 1 / 2)
+        quarter, half = (lambda gradient: gradient / 4), (lambda gradient: gradient / 2)
+        q, k, v = with_backward(q, q, quarter), with_backward(k, k, quarter), with_backward(v, v, half)
     q = q * q.shape[-1] ** -0.5  # scale q by d^-1/2 before the product, as timm does (same rounding)
     attn = (q @ rearrange(k, "b h n d -> b h d n")).softmax(dim=-1)
     # CP-LRP: the attention probabilities are constants, so relevance flows through the values alone

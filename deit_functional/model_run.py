@@ -24,7 +24,7 @@ import torch
 from einops import einsum, rearrange
 
 from .images import MEAN, STD
-from .model import RULES, head, trace
+from .model import GRADIENT, RULES, head, trace
 from .transformer_attribution import attention_relevances
 
 INTEGRATION_ROWS = 64  # (image, step) pairs per forward pass of an integrated gradient
@@ -100,7 +100,8 @@ def _class_run(weights, images, keeps, category):
             found["attention_input"] = kept.attention_inputs[-1].detach()
             found["attention_input_gradient"] = kept.attention_inputs[-1].grad
         if keeps.attention_relevances:
-            found["attention_relevances"] = attention_relevances(weights, [x.detach() for x in kept.tokens], category)
+            found["attention_relevances"] = attention_relevances(
+                weights, [x.detach() for x in kept.tokens], [a.detach() for a in kept.attentions], category)
     if keeps.read_out_layers:
         count = keeps.read_out_layers
         # block l reads a detached x_(l-1), so each s_l's gradient stops at its own layer's map:
@@ -114,7 +115,8 @@ def _class_run(weights, images, keeps, category):
     if keeps.integrated:
         found["integrated_gradient"] = integrated_gradient(weights, images, category, keeps.integrated)
     if keeps.input_rules is not None and keeps.input_steps:
-        found["input_relevance"] = integrated_gradients(weights, images, category, keeps.input_steps)
+        found["input_relevance"] = integrated_gradients(weights, images, category, keeps.input_steps,
+                                                        RULES[keeps.input_rules])
     elif keeps.input_rules is not None:
         kept, found["input_relevance"] = input_relevance(weights, images, category, RULES[keeps.input_rules])
     if kept is None:
@@ -146,16 +148,18 @@ def gauss_legendre(count):
     return tuple((nodes + 1) / 2), tuple(weights / 2)
 
 
-def integrated_gradients(weights, images, category, count):
+def integrated_gradients(weights, images, category, count, rules=GRADIENT):
     """Integrated gradients (Sundararajan et al., ICML 2017) from the black picture x̄:
-    (x - x̄) ⊙ Σ_k w_k ∂y_c/∂x at x̄ + α_k (x - x̄), Gauss-Legendre's α_k and w_k -> (B, 3, 224, 224)."""
+    (x - x̄) ⊙ Σ_k w_k ∂y_c/∂x at x̄ + α_k (x - x̄), Gauss-Legendre's α_k and w_k -> (B, 3, 224, 224);
+    the gradients taken under ``rules`` (model.Rules: the plain gradient by default)."""
     alphas, step_weights = gauss_legendre(count)
     step_weights = torch.tensor(step_weights, dtype=images.dtype, device=images.device)
     baseline = black_picture(images)
     sums = []
     for rows, path in along_path(images, alphas, baseline):
         x = path.requires_grad_(True)
-        class_logit(trace(weights, x).logits, category[rows].repeat_interleave(count)).backward(inputs=[x])
+        class_logit(trace(weights, x, rules=rules).logits, category[rows].repeat_interleave(count)).backward(
+            inputs=[x])
         sums.append(einsum(rearrange(x.grad, "(b s) c h w -> b s c h w", s=count), step_weights,
                            "b s c h w, s -> b c h w"))
     return (images - baseline) * torch.cat(sums)

@@ -185,10 +185,12 @@ def write(result, endings, names, targets, look=Look()):
 def savers(result, endings, look=Look()):
     """-> ({kind: save(file)} for each file of ``endings`` that can be made, notes on the rest):
     the drawing is done here, the writing by each save."""
-    fused = lambda f: f"{f} fusion" if result.method.fuses_heads else "the map"
-    grids = {(fused(f) if len(result.maps) > 1 else f"{fused(f)}, red = most relevant"): g
-             for f, g in result.maps.items()}
-    files = {"overlay": partial(write_png, picture=result_figure(result.picture, grids, title(result), look))}
+    method = result.method
+    fused = lambda f: f"{f} fusion" if method.fuses_heads else "the map"
+    red = "red for the class, blue against it" if method.per_pixel else "red = most relevant"
+    grids = {(fused(f) if len(result.maps) > 1 else f"{fused(f)}, {red}"): g for f, g in result.maps.items()}
+    files = {"overlay": partial(write_png, picture=result_figure(result.picture, grids, title(result), look,
+                                                                 signed=method.per_pixel))}
     for fusion, grid in result.maps.items():
         files[f"mask {fusion}"] = partial(write_npy, array=upsample(grid, result.picture.shape[:2]))
         if f"grid {fusion}" in endings:

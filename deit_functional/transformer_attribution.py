@@ -23,36 +23,39 @@ it is not conserved.
 The rules divide by sums that cross zero (z, x + f, a branch's total), so the map is badly
 conditioned: on random weights a relative 1e-7 change of the input moves it by up to ~25%, and
 float32 and float64 runs of one picture can differ by that much (theirs as ours). Shapes as
-model.py; the blocks' inputs come from the model run (model.Trace.tokens).
+model.py; the blocks' inputs and maps come from the model run (model.Trace's tokens and
+attentions).
 """
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from .model import attention, gelu, layer_norm, queries_keys_values
+from .model import gelu, layer_norm, queries_keys_values
 from .rollout import ROLLOUTS, rolled_out
 
 EPS = 1e-9  # their safe_divide's
 
 
 def safe_divide(a, b):
-    """a / (b + EPS), the EPS added whatever b's sign (a sum of exactly -EPS gets EPS), and 0
-    wherever b is 0: their code's division."""
-    den = b + EPS
-    return torch.where(b != 0, a / torch.where(den == 0, EPS, den), 0.0)
+    """a / (b + EPS), the EPS added whatever b's sign, and 0 wherever b is 0: their code's
+    division (which also turns a sum of exactly -EPS into EPS: a case left out here)."""
+    return torch.where(b == 0, 0.0, a / (b + EPS))
 
 
 def linear_relevance(x, p, R):
-    """α1β0 through F.linear(x, **p): (..., in) input, (..., out) relevance -> (..., in)."""
+    """α1β0 through F.linear(x, **p): (..., in) input, (..., out) relevance -> (..., in).
+
+    z = W⁺x⁺ + W⁻x⁻ is a sum of products that are all >= 0; where it is 0 each of them is, and
+    so is every term R/z meets below: safe_divide's zeroing would change nothing, so R/(z + EPS)."""
     up, down = p["weight"].clamp(min=0), p["weight"].clamp(max=0)
     x_up, x_down = x.clamp(min=0), x.clamp(max=0)
-    s = safe_divide(R, F.linear(x_up, up) + F.linear(x_down, down))
+    s = R / (F.linear(x_up, up) + F.linear(x_down, down) + EPS)
     return x_up * (s @ up) + x_down * (s @ down)
 
 
-def product_relevance(a, b, R):
-    """The z-rule through a @ b, halved: (.., n, k), (.., k, m), R (.., n, m) -> R_a, R_b."""
-    s = safe_divide(R, a @ b)
+def product_relevance(a, b, product, R):
+    """The z-rule through ``product`` = a @ b, halved: (.., n, k), (.., k, m), R (.., n, m) -> R_a, R_b."""
+    s = safe_divide(R, product)
     return a * (s @ b.transpose(-1, -2)) / 2, b * (a.transpose(-1, -2) @ s) / 2
 
 
@@ -69,27 +72,30 @@ def sum_relevance(x, f, R):
 
 
 def copy_relevance(x, R_one, R_other):
-    """x read twice: x ⊙ (R_one/x + R_other/x), their code's form of R_one + R_other."""
-    return x * (safe_divide(R_one, x) + safe_divide(R_other, x))
+    """x read twice: x ⊙ (R_one + R_other)/x, their code's form of R_one + R_other."""
+    return x * safe_divide(R_one + R_other, x)
 
 
-def attention_relevance(x, p, R):
-    """Through model.attention (x = norm1's output): R (B, N, D) -> (R_x, R_A (B, H, N, N))."""
+def attention_relevance(x, p, attn, R):
+    """Through model.attention (x = norm1's output, ``attn`` its map, as the run kept it):
+    R of the output (B, N, D) -> (R_x, R_A (B, H, N, N)); with the output itself."""
     q, k, v = queries_keys_values(x, p)
-    attn = (q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2)).softmax(dim=-1)
-    mixed = rearrange(attn @ v, "b h n d -> b n (h d)")
-    R_mixed = rearrange(linear_relevance(mixed, p["proj"], R), "b n (h d) -> b h n d", h=p["heads"])
-    R_attn, R_v = product_relevance(attn, v, R_mixed)
+    heads = attn @ v  # (B, H, N, d)
+    merged = rearrange(heads, "b h n d -> b n (h d)")
+    R_heads = rearrange(linear_relevance(merged, p["proj"], R), "b n (h d) -> b h n d", h=p["heads"])
+    R_attn, R_v = product_relevance(attn, v, heads, R_heads)
     # softmax passes R_attn to the scores; their rule reads the product q·kᵀ, before its scale
-    R_q, R_k = product_relevance(q, k.transpose(-1, -2), R_attn)
+    k_t = k.transpose(-1, -2)
+    R_q, R_k = product_relevance(q, k_t, q @ k_t, R_attn)
     R_qkv = rearrange([R_q, R_k.transpose(-1, -2), R_v], "three b h n d -> b n (three h d)")
     return linear_relevance(x, p["qkv"], R_qkv), R_attn
 
 
-def block_relevance(x, p, R):
-    """Through model.block, recomputed from its input x: R (B, N, D) -> (R_x, R_A)."""
+def block_relevance(x, p, attn, R):
+    """Through model.block, recomputed from its input x and map ``attn``: R (B, N, D) -> (R_x, R_A)."""
     normed = layer_norm(x, p["norm1"])
-    mixed, _ = attention(normed, p["attn"])
+    _, _, v = queries_keys_values(normed, p["attn"])
+    mixed = F.linear(rearrange(attn @ v, "b h n d -> b n (h d)"), **p["attn"]["proj"])
     middle = x + mixed
     normed_2 = layer_norm(middle, p["norm2"])
     activated = gelu(F.linear(normed_2, **p["mlp"]["fc1"]))
@@ -97,7 +103,7 @@ def block_relevance(x, p, R):
     R_hidden = linear_relevance(activated, p["mlp"]["fc2"], R_mlp)  # GELU passes it on
     R_middle = copy_relevance(middle, R_middle, linear_relevance(normed_2, p["mlp"]["fc1"], R_hidden))
     R_x, R_mixed = sum_relevance(x, mixed, R_middle)
-    R_normed, R_attn = attention_relevance(normed, p["attn"], R_mixed)
+    R_normed, R_attn = attention_relevance(normed, p["attn"], attn, R_mixed)
     return copy_relevance(x, R_x, R_normed), R_attn
 
 
@@ -112,17 +118,17 @@ def head_relevance(x, w, category):
 
 
 @torch.no_grad()
-def attention_relevances(weights, tokens, category):
-    """Every block's attention relevance, from the tokens x_0 .. x_L of the model run -> L (B, H,
-    N, N), first block first."""
+def attention_relevances(weights, tokens, attentions, category):
+    """Every block's attention relevance, from the model run's tokens x_0 .. x_L and maps A_1 ..
+    A_L -> L (B, H, N, N), first block first."""
     R = head_relevance(tokens[-1], weights, category)
     found = []
-    for x, p in zip(reversed(tokens[:-1]), reversed(weights["blocks"])):
-        R, R_attn = block_relevance(x, p, R)
+    for x, attn, p in zip(tokens[-2::-1], attentions[::-1], weights["blocks"][::-1]):
+        R, R_attn = block_relevance(x, p, attn, R)
         found.append(R_attn)
     return found[::-1]
 
 
-def transformer_attribution(run, head_fusion="mean", discard_ratio=0.0):
+def transformer_attribution(run, head_fusion="mean"):
     """The rolled-out mean_h (∂y_c/∂A ⊙ R^A)⁺ of every layer -> (B, G, G), max 1."""
-    return rolled_out(ROLLOUTS["chefer"], run.attention_relevances, run.gradients, head_fusion, discard_ratio)
+    return rolled_out(ROLLOUTS["chefer"], run.attention_relevances, run.gradients, head_fusion)

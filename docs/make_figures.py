@@ -19,8 +19,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deit_functional import explain, explain_by_layer, load_image, load_weights, to_input  # noqa: E402
-from deit_functional.drawing import (curves_figure, grey, join, labelled, layer_figure, overlay,  # noqa: E402
-                                     result_figure, to_height, upsample)
+from deit_functional.drawing import (Look, curves_figure, grey, join, labelled, layer_figure,  # noqa: E402
+                                     map_panel, overlay, result_figure, signed_overlay, to_height, to_side,
+                                     upsample)
 from deit_functional.evaluate import perturbation_test  # noqa: E402
 from deit_functional.outputs import PictureResult, title  # noqa: E402
 from deit_functional.methods import METHODS  # noqa: E402
@@ -122,19 +123,33 @@ def figure_g(weights, picture, x):
 
 def figure_h(weights, picture, x):
     """Every method of METHODS on the planted scene, each as the command line runs it by default
-    (its first fusion, its discard ratio): the class-specific ones for RED_CLASS."""
+    (its first fusion, its discard ratio): the class-specific ones for RED_CLASS; the per-pixel
+    ones red for the class, blue against it."""
     small = to_height(picture, 105)
     drawn = [labelled(small, "the planted scene", size=12)]
     for name, method in METHODS.items():
         category = RED_CLASS if method.uses_gradient else None
         grid = explain(weights, x[None], name, category=category, discard_ratio=method.cli_discard_ratio or 0.0)[1]
         label = method.title + (f", class {RED_CLASS}" if category is not None else "")
-        drawn.append(labelled(overlay(grey(small), upsample(next(iter(grid.values()))[0], small.shape[:2])), label,
-                              size=12))
+        mask = upsample(next(iter(grid.values()))[0], small.shape[:2])  # max 1 (max |value| 1 where signed)
+        drawn.append(labelled((signed_overlay if method.per_pixel else overlay)(grey(small), mask), label, size=12))
     height = max(panel.shape[0] for panel in drawn)
     drawn = [np.concatenate([np.full((height - p.shape[0], *p.shape[1:]), 255, np.uint8), p]) for p in drawn]
     drawn += [np.full_like(drawn[0], 255)] * (-len(drawn) % 4)
     save("h_every_method.png", join([join(drawn[i:i + 4]) for i in range(0, len(drawn), 4)], axis=0))
+
+
+def figure_i(weights, picture, x):
+    """The relevance family at pixel resolution, for RED_CLASS: each map over the grey scene
+    with its colour bar, as the result figure draws it (signed: blue speaks against the class)."""
+    back = grey(to_side(picture, 280))
+    drawn = []
+    for name in ("input-gradient", "integrated-gradients", "cp-lrp", "attnlrp", "transformer-attribution"):
+        maps = explain(weights, x[None], name, category=RED_CLASS)[1]
+        drawn.append(map_panel(back, next(iter(maps.values()))[0], METHODS[name].title, Look(), size=13,
+                               signed=METHODS[name].per_pixel))
+    drawn.append(np.full_like(drawn[0], 255))
+    save("i_relevance_family.png", join([join(drawn[:3]), join(drawn[3:])], axis=0))
 
 
 def random_state_dict(seed=0):
@@ -198,6 +213,7 @@ def main():
     figure_e()
     figure_f(weights, picture, x)
     figure_g(weights, picture, x)
+    figure_i(weights, picture, x)
     figure_h(weights, picture, x)
     print(f"done in {time.perf_counter() - start:.1f} s")
 

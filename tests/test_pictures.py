@@ -85,6 +85,28 @@ def test_in_the_saved_figure_the_explained_class_square_is_the_redder(capsys, tm
         assert not redder["colour"]  # the defect the grey backdrop ends
 
 
+@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp", "input-gradient"])
+def test_a_signed_relevance_map_is_red_for_the_class_blue_against_and_leaves_zero_uncoloured(
+        capsys, tmp_path, planted_checkpoint, method):
+    """A per-pixel relevance has a sign: for class 87 its red square speaks for the class (red in
+    the figure), the blue one against it (blue), and where the relevance is 0 the grey copy of
+    the photo shows untouched -- a JET colour scale would tint it, 0 lying mid-scale."""
+    height, width, squares = SCENE
+    picture = draw_scene(height, width, squares)
+    Image.fromarray(picture).save(tmp_path / "scene.png")
+    result = run_here(capsys, GRADIENT, "--image", tmp_path / "scene.png", "--category", RED_CLASS,
+                      "--method", method, "--weights", planted_checkpoint, "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    panel = map_panel(np.asarray(Image.open(written(result.stdout)[0])), picture)
+    red, blue = (square_in(panel, square, (height, width)) for square in squares)
+    # (the planted class token reads the fully coloured patches: those a square's edge cuts hold ~0)
+    assert red_share(red) > 0.4 and red_share(blue) == 0
+    r, g, b = np.moveaxis(blue.astype(int), -1, 0)
+    assert ((b > r + 40) & (b > g + 40)).mean() > 0.4
+    untouched = grey(to_side(picture))[5:35, 150:250].astype(int)  # a patch of background, far from both
+    assert np.abs(panel[5:35, 150:250].astype(int) - untouched).max() <= 2
+
+
 def test_the_figure_holds_the_picture_the_map_over_its_grey_copy_and_the_maps_range(capsys, tmp_path,
                                                                                      random_checkpoint):
     """Pixel for pixel: the picture as given, then the saved 14x14 map drawn over a grey copy,
