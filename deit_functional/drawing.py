@@ -150,24 +150,41 @@ def signed_overlay(picture, mask, alpha=0.5):
     return (picture * (1 - weight) + colour * weight + 0.5).astype(np.uint8)
 
 
+CLIPPED = 2  # percent of a signed map's total |value| drawn at full colour, as captum draws attributions
+
+
+def signed_reach(grid):
+    """The |value| at which a signed map's colours are full: the smallest |value| such that those
+    up to it hold (100 - CLIPPED)% of the map's total |value| (captum's visualisation does so:
+    outlier_perc=2). A pixel map is heavy-tailed: scaled to its maximum, all but a few pixels
+    would stay grey. 0 for an all-zero map."""
+    magnitude = np.sort(np.abs(np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid,
+                                          np.float64)).ravel())
+    total = np.cumsum(magnitude)
+    return float(magnitude[np.searchsorted(total, total[-1] * (100 - CLIPPED) / 100)])
+
+
 def signed_colour_bar(width, reach, size=14):
     """A strip from blue (-reach) through grey (0) to red (+reach), then its scale."""
     values = np.linspace(-1, 1, width, dtype=np.float32)[None].repeat(10, axis=0)
     strip = signed_overlay(np.full((10, width, 3), 160, np.uint8), values, alpha=1.0)
-    left, right = number_pair(-reach, reach)
-    band = text_band([(left, "left"), ("against the class | for it", "centre"), (right, "right")], width, size)
+    left, right = number_pair(0.0 - reach, reach)  # 0.0 - 0.0 is 0, not -0
+    meaning = "against | for the class" if reach > 0 else "no relevance: the map is 0 everywhere"
+    band = text_band([(left, "left"), (meaning, "centre"), (right, "right")], width, size)
     return np.concatenate([np.full((3, width, 3), 255, np.uint8), strip, band])
 
 
 def map_panel(back, grid, label, look, size=14, signed=False):
     """A map (patch grid or pixels) drawn over the panel-sized backdrop ``back`` under ``label``
     and over its colour bar: stretched to its value range in JET colours, or where it is
-    ``signed`` (a relevance that can speak against the class) red and blue either side of 0."""
+    ``signed`` (a relevance that can speak against the class) red and blue either side of 0, full
+    at signed_reach."""
     low, high = value_range(grid)
     mask = upsample(grid, back.shape[:2])
     if signed:
-        reach = max(-low, high, 1e-30)
-        return np.concatenate([labelled(signed_overlay(back, mask / reach, look.alpha), label, size),
+        reach = signed_reach(grid)
+        shown = np.clip(mask / reach, -1, 1) if reach > 0 else np.zeros_like(mask)
+        return np.concatenate([labelled(signed_overlay(back, shown, look.alpha), label, size),
                                signed_colour_bar(back.shape[1], reach, size)])
     return np.concatenate([labelled(overlay(back, stretched(mask, low, high), look.alpha), label, size),
                            colour_bar(back.shape[1], low, high, size)])

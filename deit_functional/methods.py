@@ -43,7 +43,7 @@ class Method:
     """One explanation method: what it needs from the model, its map, and how it is shown."""
     name: str                 # its key in METHODS, e.g. for explain()
     keeps: Keeps              # what the model run must keep for it
-    map: Callable             # (model_run.ModelRun, head_fusion, discard_ratio) -> (B, G, G), max 1
+    map: Callable             # (model_run.ModelRun, head_fusion, discard_ratio) -> (B, G, G), max 1 (per_pixel: below)
     option: str               # its name under its script's --method
     file_name: str            # its name in output file names
     title: str
@@ -173,7 +173,8 @@ _TABLE = [
         "cp-lrp", Keeps(input_rules="cp-lrp"), fused(pixel_relevance), option="cp-lrp", file_name="cp-lrp",
         fusions=("none",), per_pixel=True, title="CP-LRP", paper="Ali et al., ICML 2022",
         description="gradient x input with LayerNorm's sigma and the attention constants and GELU "
-                    "by the identity rule: relevance conserved, but for the biases"),
+                    "by the identity rule: relevance conserved, but for what the biases, the class "
+                    "token and the position embedding take"),
     Method(
         "attnlrp", Keeps(input_rules="attnlrp"), fused(pixel_relevance), option="attnlrp", file_name="attnlrp",
         fusions=("none",), per_pixel=True, title="AttnLRP", paper="Achtibat et al., ICML 2024",

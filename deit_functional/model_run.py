@@ -41,6 +41,12 @@ class Keeps:
     input_rules: str | None = None          # a key of model.RULES: the input's relevance x ⊙ ∂y_c/∂x under them
     input_steps: int = 0                    # that gradient integrated from a black picture in this many steps
 
+    def __post_init__(self):
+        if self.attention_relevances and not self.attention_gradients:
+            raise ValueError("Keeps: attention_relevances are weighted by the attention gradients: keep those too")
+        if self.input_steps and self.input_rules is None:
+            raise ValueError("Keeps: input_steps integrate the input's gradient: name its input_rules")
+
     @property
     def explains_class(self):
         """Whether the run takes a gradient, of one class's logit."""
@@ -153,27 +159,25 @@ def integrated_gradients(weights, images, category, count, rules=GRADIENT):
     (x - x̄) ⊙ Σ_k w_k ∂y_c/∂x at x̄ + α_k (x - x̄), Gauss-Legendre's α_k and w_k -> (B, 3, 224, 224);
     the gradients taken under ``rules`` (model.Rules: the plain gradient by default)."""
     alphas, step_weights = gauss_legendre(count)
-    step_weights = torch.tensor(step_weights, dtype=images.dtype, device=images.device)
     baseline = black_picture(images)
-    sums = []
-    for rows, path in along_path(images, alphas, baseline):
+    sums = torch.zeros_like(images)
+    for pictures, steps, path in along_path(images, alphas, baseline):
         x = path.requires_grad_(True)
-        class_logit(trace(weights, x, rules=rules).logits, category[rows].repeat_interleave(count)).backward(
-            inputs=[x])
-        sums.append(einsum(rearrange(x.grad, "(b s) c h w -> b s c h w", s=count), step_weights,
-                           "b s c h w, s -> b c h w"))
-    return (images - baseline) * torch.cat(sums)
+        class_logit(trace(weights, x, rules=rules).logits, category[pictures]).backward(inputs=[x])
+        weighted = x.grad * torch.tensor(step_weights, dtype=x.dtype, device=x.device)[steps, None, None, None]
+        sums.index_add_(0, pictures, weighted)
+    return (images - baseline) * sums
 
 
 def along_path(images, alphas, baseline=0.0):
-    """Yield (rows, inputs): the batch's ``rows`` (a slice), and for each of their images x the
-    inputs x̄ + α(x - x̄) of every step α, stacked "(b s) c h w", INTEGRATION_ROWS pairs at a time."""
-    steps = torch.tensor(alphas, dtype=images.dtype, device=images.device)[:, None, None, None, None]
-    per_pass = max(1, INTEGRATION_ROWS // len(alphas))  # images per pass
-    for start in range(0, images.shape[0], per_pass):
-        rows = slice(start, start + per_pass)
-        path = baseline + steps * (images[rows] - baseline)  # (S, b, 3, 224, 224)
-        yield rows, rearrange(path, "s b c h w -> (b s) c h w")
+    """Yield (pictures, steps, inputs), INTEGRATION_ROWS (image, step) pairs at a time, the pairs
+    image by image: each pair's image and step index (R,) and its input x̄ + α(x - x̄) (R, 3, 224, 224)."""
+    S = len(alphas)
+    steps = torch.tensor(alphas, dtype=images.dtype, device=images.device)
+    for start in range(0, images.shape[0] * S, INTEGRATION_ROWS):
+        pairs = torch.arange(start, min(start + INTEGRATION_ROWS, images.shape[0] * S), device=images.device)
+        pictures, step = pairs // S, pairs % S
+        yield pictures, step, baseline + steps[step, None, None, None] * (images[pictures] - baseline)
 
 
 def integrated_gradient(weights, images, category, alphas):
@@ -181,10 +185,12 @@ def integrated_gradient(weights, images, category, alphas):
 
     The (image, step) pairs go through the model INTEGRATION_ROWS at a time; the blocks before
     the last run without autograd, as the gradient is wanted at the last map only."""
-    S = len(alphas)
-    means = []
-    for rows, scaled in along_path(images, alphas):
+    sums = None
+    for pictures, _, scaled in along_path(images, alphas):
         kept = trace(weights, scaled, keep_grad=("attentions",), graph_from=len(weights["blocks"]) - 1)
-        class_logit(kept.logits, category[rows].repeat_interleave(S)).backward(inputs=kept.attentions[-1:])
-        means.append(rearrange(kept.attentions[-1].grad, "(b s) h n m -> b s h n m", s=S).mean(dim=1))
-    return torch.cat(means)
+        class_logit(kept.logits, category[pictures]).backward(inputs=kept.attentions[-1:])
+        gradient = kept.attentions[-1].grad
+        if sums is None:
+            sums = gradient.new_zeros((images.shape[0], *gradient.shape[1:]))
+        sums.index_add_(0, pictures, gradient)
+    return sums / len(alphas)

@@ -23,7 +23,7 @@ from .explorer import explorer_page
 from .labels import class_names, rank, short_name, top, top_classes
 from .model import ARCHITECTURES, DEFAULT_MODEL
 from .methods import METHODS, Method
-from .pixel_relevance import patch_sums
+from .pixel_relevance import patch_maps
 from .rollout import HEAD_FUSIONS
 from .writing import (discard, publish, stage, write_figure, write_json, write_new, write_npy, write_png,
                       write_text)
@@ -56,7 +56,8 @@ class PictureResult:
             return "the model's output for it is not finite (NaN or infinite logits): the weights overflow on it"
         maps = [(f, g) for f, g in self.maps.items()] + [(f, a) for f, pair in self.layers.items() for a in pair]
         bad = next((f for f, a in maps if not np.isfinite(a).all()), None)
-        return None if bad is None else f"its map ({bad} fusion) holds NaN or infinite values"
+        which = f" ({bad} fusion)" if self.method.fuses_heads else ""
+        return None if bad is None else f"its map{which} holds NaN or infinite values"
 
 
 def looks_like_a_result(path):
@@ -210,14 +211,6 @@ def savers(result, endings, look=Look()):
         else:
             files["plot"] = partial(write_figure, figure=figure)
     return files, notes
-
-
-def patch_maps(method, maps):
-    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid: a
-    per-pixel map summed over each patch, a patch map as it is."""
-    if isinstance(maps, dict):
-        return {key: patch_maps(method, m) for key, m in maps.items()}
-    return patch_sums(maps) if method.per_pixel else maps
 
 
 def title(result, fusion=None):

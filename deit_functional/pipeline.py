@@ -42,7 +42,8 @@ from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
 from .model import DEFAULT_MODEL
 from .drawing import Look
-from .outputs import Names, PictureResult, file_endings, file_tag, patch_maps, printed, write, write_predictions
+from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
+from .pixel_relevance import patch_maps
 from .report import entry as report_entry, write_report
 
 

@@ -23,3 +23,11 @@ def pixel_relevance(run, head_fusion="none"):
 def patch_sums(pixels):
     """(..., 224, 224) a value per pixel -> (..., G, G) the sum over each P x P patch."""
     return reduce(pixels, "... (gh ph) (gw pw) -> ... gh gw", "sum", ph=P, pw=P)
+
+
+def patch_maps(method, maps):
+    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid: a
+    per-pixel map's patch sums, a patch map as it is."""
+    if isinstance(maps, dict):
+        return {key: patch_maps(method, m) for key, m in maps.items()}
+    return patch_sums(maps) if method.per_pixel else maps

@@ -76,13 +76,20 @@ def copy_relevance(x, R_one, R_other):
     return x * safe_divide(R_one + R_other, x)
 
 
-def attention_relevance(x, p, attn, R):
-    """Through model.attention (x = norm1's output, ``attn`` its map, as the run kept it):
-    R of the output (B, N, D) -> (R_x, R_A (B, H, N, N)); with the output itself."""
+def attention_parts(x, p, attn):
+    """What model.attention computes from x (norm1's output), its map ``attn`` given (the run's):
+    q, k, v (B, H, N, d), the heads' mix attn·v (B, H, N, d), the output (B, N, D)."""
     q, k, v = queries_keys_values(x, p)
-    heads = attn @ v  # (B, H, N, d)
-    merged = rearrange(heads, "b h n d -> b n (h d)")
-    R_heads = rearrange(linear_relevance(merged, p["proj"], R), "b n (h d) -> b h n d", h=p["heads"])
+    heads = attn @ v
+    return q, k, v, heads, F.linear(rearrange(heads, "b h n d -> b n (h d)"), **p["proj"])
+
+
+def attention_relevance(x, p, attn, parts, R):
+    """Through model.attention (x = norm1's output, ``attn`` its map, ``parts`` attention_parts'):
+    R of the output (B, N, D) -> (R_x, R_A (B, H, N, N))."""
+    q, k, v, heads, _ = parts
+    R_heads = rearrange(linear_relevance(rearrange(heads, "b h n d -> b n (h d)"), p["proj"], R),
+                        "b n (h d) -> b h n d", h=p["heads"])
     R_attn, R_v = product_relevance(attn, v, heads, R_heads)
     # softmax passes R_attn to the scores; their rule reads the product q·kᵀ, before its scale
     k_t = k.transpose(-1, -2)
@@ -94,8 +101,8 @@ def attention_relevance(x, p, attn, R):
 def block_relevance(x, p, attn, R):
     """Through model.block, recomputed from its input x and map ``attn``: R (B, N, D) -> (R_x, R_A)."""
     normed = layer_norm(x, p["norm1"])
-    _, _, v = queries_keys_values(normed, p["attn"])
-    mixed = F.linear(rearrange(attn @ v, "b h n d -> b n (h d)"), **p["attn"]["proj"])
+    parts = attention_parts(normed, p["attn"], attn)
+    mixed = parts[-1]
     middle = x + mixed
     normed_2 = layer_norm(middle, p["norm2"])
     activated = gelu(F.linear(normed_2, **p["mlp"]["fc1"]))
@@ -103,17 +110,18 @@ def block_relevance(x, p, attn, R):
     R_hidden = linear_relevance(activated, p["mlp"]["fc2"], R_mlp)  # GELU passes it on
     R_middle = copy_relevance(middle, R_middle, linear_relevance(normed_2, p["mlp"]["fc1"], R_hidden))
     R_x, R_mixed = sum_relevance(x, mixed, R_middle)
-    R_normed, R_attn = attention_relevance(normed, p["attn"], attn, R_mixed)
+    R_normed, R_attn = attention_relevance(normed, p["attn"], attn, parts, R_mixed)
     return copy_relevance(x, R_x, R_normed), R_attn
 
 
 def head_relevance(x, w, category):
     """From the one-hot of ``category`` (B,) through model.head: -> R of its input x (B, N, D),
     all on the CLS token."""
-    cls = layer_norm(x, w["norm"])[:, 0]
+    normed = layer_norm(x, w["norm"])
+    cls = normed[:, 0]
     R_cls = linear_relevance(cls, w["head"], F.one_hot(category, w["head"]["weight"].shape[0]).to(x.dtype))
     R = torch.zeros_like(x)
-    R[:, 0] = x[:, 0] * safe_divide(R_cls, x[:, 0])  # the final LayerNorm passes it; the CLS row is read
+    R[:, 0] = cls * safe_divide(R_cls, cls)  # reading the CLS row (their IndexSelect); the LayerNorm passes it
     return R
 
 

@@ -27,9 +27,6 @@ Which of their code each stage follows (files of that repository):
   halved in ViT_LRP.py, Attention.relprop; the halved share of A is the block's ``attn_cam``.
 * the map -- ViT_LRP.py, VisionTransformer.relprop (method "transformer_attribution") and that
   file's compute_rollout_attention (identity added, no row normalisation).
-* ``chefer_full_lrp`` (method "full", not part of transformer attribution): ViT_LRP.py's
-  ``self.add`` relprop for the position embedding, PatchEmbed.relprop and layers_ours.py
-  Conv2d.relprop's z^B rule for the 3-channel input.
 
 The rules divide by signed quantities that cross zero (x + f, A v, q k^T and a branch's total in
 the residual rescaling), so the map is badly conditioned: on seeded random DeiT-tiny weights a
@@ -205,27 +202,3 @@ def rollout_from_cams(cams, start_layer=0):
     for cam in cams[start_layer + 1:]:
         joint = (cam + eye) @ joint
     return joint
-
-
-def chefer_full_lrp(w, image, category, final_norm_eps=LN_EPS):
-    """Their method "full" (plain LRP down to the pixels; not transformer attribution):
-    (224, 224) float64, the pixel relevance summed over the channels.
-
-    Below block 0: the position-embedding addition (sum_relevance, the token side kept, CLS row
-    dropped), then the patch embedding's z^B rule with the bounds L and H the smallest and
-    largest value of this image over all channels and pixels, bias ignored, stabiliser a plain
-    +1e-9: z = conv(x, W) - conv(L, W+) - conv(H, W-) + 1e-9,
-    R_x = x * convT(R/z, W) - L * convT(R/z, W+) - H * convT(R/z, W-).
-    """
-    w, image, _, _, tokens, R = _run(w, image, category, final_norm_eps)
-    R_tokens, _ = sum_relevance(R, tokens, w["pos_embed"][0])
-    R_patch = R_tokens[1:].T.reshape(1, -1, GRID, GRID)  # (1, D, G, G)
-    weight = w["patch_embed"]["proj"]["weight"]
-    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
-    x = image[None]
-    low, high = torch.full_like(x, x.min().item()), torch.full_like(x, x.max().item())
-    z = F.conv2d(x, weight, stride=PATCH) - F.conv2d(low, wp, stride=PATCH) - F.conv2d(high, wn, stride=PATCH) + EPS
-    s = R_patch / z
-    back = lambda wt: F.conv_transpose2d(s, wt, stride=PATCH)
-    R_pixels = x * back(weight) - low * back(wp) - high * back(wn)
-    return R_pixels[0].sum(dim=0)

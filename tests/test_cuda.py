@@ -11,9 +11,19 @@ from script_runs import GRADIENT, run
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 
+# Transformer Attribution's LRP divides by sums that cross zero: float32 runs of one picture that
+# add up in another order differ by far more than rounding (transformer_attribution.py), so the
+# two devices are compared in float64 for it
+IN_FLOAT64 = {"transformer-attribution"}
+
+
 @pytest.mark.parametrize("method", [name for name in METHODS if name != "flow"])  # flow: numpy, on the CPU
 def test_explain_on_cuda_equals_cpu(timm_model, weights, images, method):
+    from test_field_methods import in_float64
+
     on_gpu = load_weights(timm_model, device="cuda")
+    if method in IN_FLOAT64:
+        on_gpu, weights, images = in_float64(on_gpu), in_float64(weights), images.double()
     how = dict(category=87 if METHODS[method].uses_gradient else None, head_fusions=METHODS[method].fusions)
     logits, maps = explain(on_gpu, images.cuda(), method, **how)
     ref_logits, ref_maps = explain(weights, images, method, **how)

@@ -34,7 +34,7 @@ def test_every_committed_figure_is_regenerated_and_no_other(regenerated):
 
 @pytest.mark.parametrize("name", ["a_attention_rollout_fusions.png", "b_gradient_red_vs_blue.png",
                                   "c_per_layer.png", "e_random_weights_cat.png", "f_rollout_vs_flow.png",
-                                  "g_result_figure.png", "h_every_method.png"])
+                                  "g_result_figure.png", "h_every_method.png", "i_relevance_family.png"])
 def test_figures_drawn_by_the_package_are_the_committed_ones(regenerated, name):
     """Pixel for pixel, but for float rounding on other CPUs moving a rare pixel by a level or two."""
     folder, _ = regenerated

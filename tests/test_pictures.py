@@ -318,3 +318,23 @@ def test_without_weights_the_message_gives_the_addresses_and_the_command(tmp_pat
     assert "https://huggingface.co/timm/deit_tiny_patch16_224.fb_in1k" in error
     assert "https://huggingface.co/facebook/deit-tiny-patch16-224" in error
     assert "--weights" in error and "DEIT_EXPLAIN_WEIGHTS" in error
+
+
+def test_a_signed_maps_colours_are_full_where_captums_visualisation_clips_them():
+    """Heavy-tailed maps, as pixel relevance is: the colours reach full strength at the |value|
+    below which 98% of the map's total |value| lies -- captum's threshold for drawing
+    attributions (outlier_perc=2) -- and beyond it stay full."""
+    from captum.attr._utils.visualization import _cumulative_sum_threshold
+    from deit_functional.drawing import signed_overlay, signed_reach
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        relevance = rng.standard_t(2, (224, 224)).astype(np.float32)
+        reach = signed_reach(relevance)
+        assert reach == pytest.approx(float(_cumulative_sum_threshold(np.abs(relevance), 98.0)), rel=1e-6)
+        assert reach < 0.5 * np.abs(relevance).max()  # scaling to the max would have greyed nearly all
+    grey_picture = np.full((1, 4, 3), 100, np.uint8)
+    drawn = signed_overlay(grey_picture, np.array([[-1.0, 0.0, 0.5, 1.0]], np.float32), alpha=0.5)
+    assert drawn[0, 1].tolist() == [100, 100, 100]  # 0: the picture untouched
+    assert drawn[0, 3].tolist() == [178, 50, 50] and drawn[0, 0].tolist() == [50, 50, 178]
+    assert drawn[0, 2].tolist() == [139, 75, 75]  # half the weight at half the reach

@@ -10,7 +10,7 @@ import torch
 
 from deit_functional import METHODS, explain, forward, load_weights, to_input
 from deit_functional.model import G as GRID, H, IMAGE_SIZE
-from deit_functional.outputs import patch_maps
+from deit_functional.pixel_relevance import patch_maps
 from deit_functional.model_run import Keeps, run_model
 from deit_functional.weights import expected_shapes
 from planted import AGAINST, BLUE, BLUE_CLASS, ETA, KAPPA, RED, RED_CLASS, draw_scene, planted_state_dict
@@ -231,7 +231,7 @@ def integrates(name):
 
 def scenes_for(name, scenes):
     """The square pairs method ``name`` explains: all, or for a method that integrates a
-    gradient (20 forward passes a picture) three, of three picture sizes -- with both classes,
+    gradient (20 or 32 forward passes a picture) three, of three picture sizes -- with both classes,
     six pictures, two of model_run's passes."""
     return scenes[::PER_SIZE][:3] if integrates(name) else scenes
 

@@ -191,6 +191,13 @@ def test_a_batch_is_its_images_alone_and_the_map_follows_the_class(weights, imag
     assert ((other - batch).abs().amax(dim=(1, 2)) > 1e-2).all()
 
 
+def test_a_run_that_could_not_give_what_it_names_is_refused():
+    with pytest.raises(ValueError, match="weighted by the attention gradients"):
+        Keeps(attention_relevances=True)
+    with pytest.raises(ValueError, match="name its input_rules"):
+        Keeps(input_steps=8)
+
+
 def test_patch_sums_add_each_patchs_pixels():
     pixels = torch.arange(224 * 224, dtype=torch.float64).reshape(224, 224)
     sums = patch_sums(pixels)
@@ -237,11 +244,36 @@ def test_the_mask_keeps_the_pixels_detail(capsys, planted_scene, name, tmp_path)
 
 
 def test_steps_go_to_integrated_gradients_only(capsys, planted_scene, tmp_path):
+    """--steps reaches integrated gradients; elsewhere it is refused, saying why, nothing written."""
     common = ["--image", planted_scene / "scene.png", "--category", RED_CLASS, "--weights",
-              planted_scene / "planted.pth", "--output-dir", tmp_path, "-q"]
-    refused = run_here(capsys, GRADIENT, *common, "--method", "cp-lrp", "--steps", 8)
-    assert refused.returncode == 2 and "--steps: cp-lrp integrates no gradient" in refused.stderr
+              planted_scene / "planted.pth", "-q"]
+    for method, why in (("cp-lrp", "cp-lrp takes no steps"), ("tam", "tam keeps its paper's 20")):
+        refused = run_here(capsys, GRADIENT, *common, "--method", method, "--steps", 8, "--output-dir", tmp_path)
+        assert refused.returncode == 2 and refused.stderr.strip().endswith(
+            f"error: --steps sets integrated-gradients' steps (gradient_rollout.py); {why}")
     assert not any(tmp_path.iterdir())
-    done = run_here(capsys, GRADIENT, *common, "--method", "integrated-gradients", "--steps", 4)
-    assert done.returncode == 0, done.stderr
-    assert "integrated-gradients" in done.stdout
+    masks = {}
+    for steps in (2, 4):
+        done = run_here(capsys, GRADIENT, *common, "--method", "integrated-gradients", "--steps", steps,
+                        "--output-dir", tmp_path / str(steps))
+        assert done.returncode == 0, done.stderr
+        [masks[steps]] = [np.load(p) for p in (tmp_path / str(steps)).glob("*_mask.npy")]
+    assert np.abs(masks[2] - masks[4]).max() > 1e-3  # the steps were taken, not the default 32
+
+
+def test_integrated_gradients_split_the_pairs_of_an_image_across_passes(weights, images):
+    """40 steps for 3 images are 120 (image, step) pairs, two passes of at most 64: the second
+    image's steps are split between them. Each image gets what it gets alone (one pass), and
+    TAM's integrated gradient likewise."""
+    from deit_functional.model_run import INTEGRATION_ROWS, integrated_gradient
+
+    classes = torch.tensor([87, 3, 258])
+    assert INTEGRATION_ROWS % 40 != 0 and 3 * 40 > INTEGRATION_ROWS
+    together = input_relevance(weights, images, "gradient", category=classes, steps=40)
+    alone = torch.cat([input_relevance(weights, images[i:i + 1], "gradient", category=classes[i:i + 1], steps=40)
+                       for i in range(3)])
+    assert relative(together, alone) < 1e-5
+    alphas = tuple(torch.linspace(0, 1, 40).tolist())
+    torch.testing.assert_close(integrated_gradient(weights, images, classes, alphas),
+                               torch.cat([integrated_gradient(weights, images[i:i + 1], classes[i:i + 1], alphas)
+                                          for i in range(3)]), rtol=0, atol=1e-7)
