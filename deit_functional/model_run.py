@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from einops import einsum, rearrange
 
 from .images import MEAN, STD
 from .model import GRADIENT, RULES, head, trace
