@@ -89,7 +89,7 @@ def parser_for(methods):
     p = argparse.ArgumentParser(
         description=f"{default.title}: {PURPOSE[default.uses_gradient]}. Writes, per picture, a "
                     "figure PNG (the picture, and the map over a grey copy of it: red = most relevant, "
-                    "a colour bar giving the map's range; titled with method, fusion and discard ratio where "
+                    "a colour bar giving the map's range, or a signed map's full-colour points; titled with method, fusion and discard ratio where "
                     "the method has them, and class) and the raw mask as .npy (float32, the picture's height x width, in [0, 1]; "
                     "signed for the per-pixel relevance methods), then prints the top-5 classes and every file written; a run of several "
                     "pictures also writes predictions.csv.",
@@ -129,8 +129,9 @@ def parser_for(methods):
         p.add_argument("--steps", type=positive_int, metavar="S",
                        help=f"the steps of {', '.join(m.option for m in integrating)}'s path from a black "
                             f"picture (Gauss-Legendre points; default: {integrating[0].steps}); more is closer "
-                            "to the integral and costs S forward and backward passes per picture (tam and "
-                            f"beyond-intuition keep their papers' {STEPS})")
+                            "to the integral and costs S forward and backward passes per picture ("
+                            + " and ".join(m.option for m in methods if m.keeps.integrated)
+                            + f" keep their papers' {STEPS})")
     else:
         p.add_argument("--steps", type=positive_int, help=argparse.SUPPRESS)
     p.add_argument("--overlay", choices=BACKDROPS, default="grey",
@@ -295,10 +296,11 @@ def check_applies(args, methods):
         raise UsageError(f"--head-fusion {args.head_fusion}: no method chosen offers it ({offered})")
     if args.steps is not None and not any(m.steps for m in methods):
         fixed = [m.option for m in methods if m.keeps.integrated]
+        none = [m.option for m in methods if not m.keeps.integrated]
         whose = "its paper's" if len(fixed) == 1 else "their papers'"
-        raise UsageError("--steps sets integrated-gradients' steps (gradient_rollout.py); " + (
-            f"{', '.join(fixed)} keep{'s' * (len(fixed) == 1)} {whose} {STEPS}" if fixed else
-            f"{', '.join(m.option for m in methods)} take{'s' * (len(methods) == 1)} no steps"))
+        why = ([f"{', '.join(fixed)} keep{'s' * (len(fixed) == 1)} {whose} {STEPS}"] if fixed else []) + \
+              ([f"{', '.join(none)} take{'s' * (len(none) == 1)} no steps"] if none else [])
+        raise UsageError("--steps sets integrated-gradients' steps (gradient_rollout.py); " + "; ".join(why))
     if args.discard_ratio is not None and not any(m.discards for m in methods):
         raise UsageError(f"--discard-ratio: {', '.join(m.option for m in methods)} discard"
                          f"{'s' * (len(methods) == 1)} nothing; only the rollouts do")

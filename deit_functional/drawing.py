@@ -158,19 +158,25 @@ def signed_reach(grid):
     up to it hold (100 - CLIPPED)% of the map's total |value| (captum's visualisation does so:
     outlier_perc=2). A pixel map is heavy-tailed: scaled to its maximum, all but a few pixels
     would stay grey. 0 for an all-zero map."""
-    magnitude = np.sort(np.abs(np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid,
-                                          np.float64)).ravel())
+    magnitude = np.abs(np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid, np.float64))
+    magnitude = np.sort(magnitude[np.isfinite(magnitude)])
+    if magnitude.size == 0:
+        return 0.0
     total = np.cumsum(magnitude)
     return float(magnitude[np.searchsorted(total, total[-1] * (100 - CLIPPED) / 100)])
 
 
 def signed_colour_bar(width, reach, size=14):
-    """A strip from blue (-reach) through grey (0) to red (+reach), then its scale."""
+    """A strip from blue (-reach) through grey (0) to red (+reach), then its scale: its ends are
+    where the colours become full (<= -reach, >= reach), not the map's extremes."""
     values = np.linspace(-1, 1, width, dtype=np.float32)[None].repeat(10, axis=0)
     strip = signed_overlay(np.full((10, width, 3), 160, np.uint8), values, alpha=1.0)
-    left, right = number_pair(0.0 - reach, reach)  # 0.0 - 0.0 is 0, not -0
-    meaning = "against | for the class" if reach > 0 else "no relevance: the map is 0 everywhere"
-    band = text_band([(left, "left"), (meaning, "centre"), (right, "right")], width, size)
+    if reach > 0:
+        left, right = number_pair(-reach, reach)
+        pieces = [(f"<= {left}", "left"), ("against | for the class", "centre"), (f">= {right}", "right")]
+    else:
+        pieces = [("0 everywhere: no relevance", "centre")]
+    band = text_band(pieces, width, size)
     return np.concatenate([np.full((3, width, 3), 255, np.uint8), strip, band])
 
 
@@ -193,8 +199,8 @@ def map_panel(back, grid, label, look, size=14, signed=False):
 def result_figure(picture, grids, title, look=Look(), side=SIDE, signed=False):
     """The picture a run writes for each explanation: ``title`` across the top, then the picture
     as given and each map of ``grids`` {label: (G, G) or (224, 224)} over it, each panel ``side`` pixels on its
-    longer side with a colour bar of the map's own value range beneath (map_panel: ``signed``
-    maps in red and blue); up to three panels in a row, four as two rows of two (so that a page
+    longer side with a colour bar beneath: the map's own value range, or for ``signed`` maps (red
+    and blue) where their colours become full (map_panel); up to three panels in a row, four as two rows of two (so that a page
     shows the labels at their size)."""
     small = to_side(picture, side)
     back = backdrop(small, look)

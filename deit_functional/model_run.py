@@ -43,6 +43,8 @@ class Keeps:
     def __post_init__(self):
         if self.attention_relevances and not self.attention_gradients:
             raise ValueError("Keeps: attention_relevances are weighted by the attention gradients: keep those too")
+        if self.input_rules not in (None, *RULES):
+            raise ValueError(f"Keeps: input_rules is one of {', '.join(RULES)}, not {self.input_rules!r}")
         if self.input_steps and self.input_rules is None:
             raise ValueError("Keeps: input_steps integrate the input's gradient: name its input_rules")
 
@@ -158,13 +160,13 @@ def integrated_gradients(weights, images, category, count, rules=GRADIENT):
     (x - x̄) ⊙ Σ_k w_k ∂y_c/∂x at x̄ + α_k (x - x̄), Gauss-Legendre's α_k and w_k -> (B, 3, 224, 224);
     the gradients taken under ``rules`` (model.Rules: the plain gradient by default)."""
     alphas, step_weights = gauss_legendre(count)
+    step_weights = torch.tensor(step_weights, dtype=images.dtype, device=images.device)
     baseline = black_picture(images)
     sums = torch.zeros_like(images)
     for pictures, steps, path in along_path(images, alphas, baseline):
         x = path.requires_grad_(True)
         class_logit(trace(weights, x, rules=rules).logits, category[pictures]).backward(inputs=[x])
-        weighted = x.grad * torch.tensor(step_weights, dtype=x.dtype, device=x.device)[steps, None, None, None]
-        sums.index_add_(0, pictures, weighted)
+        sums.index_add_(0, pictures, x.grad * step_weights[steps, None, None, None])
     return (images - baseline) * sums
 
 

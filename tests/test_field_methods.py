@@ -336,13 +336,14 @@ def test_one_backward_pass_gives_every_layers_own_read_out_gradient(weights, pai
 
 def test_a_batch_of_mixed_classes_spanning_integration_passes_is_its_images_alone(weights, images):
     """The integrated gradient's (image, step) pairs go INTEGRATION_ROWS at a time: a batch of 4
-    with a class each (two passes of pairs, three images and one) equals each image alone."""
+    with a class each (80 pairs: passes of 64 and 16, the fourth image's steps split between
+    them) equals each image alone."""
     from deit_functional.model_run import INTEGRATION_ROWS
     from deit_functional.methods import STEPS
 
     four = torch.cat([images, images[:1].flip(-1)])
     classes = torch.tensor([87, 3, 258, 5])
-    assert INTEGRATION_ROWS // STEPS < len(four)  # more than one pass
+    assert INTEGRATION_ROWS < len(four) * STEPS and INTEGRATION_ROWS % STEPS  # two passes, an image split
     together = ours(weights, four, "tam", category=classes)
     alone = torch.cat([ours(weights, four[i:i + 1], "tam", category=int(classes[i])) for i in range(4)])
     torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)

@@ -338,3 +338,22 @@ def test_a_signed_maps_colours_are_full_where_captums_visualisation_clips_them()
     assert drawn[0, 1].tolist() == [100, 100, 100]  # 0: the picture untouched
     assert drawn[0, 3].tolist() == [178, 50, 50] and drawn[0, 0].tolist() == [50, 50, 178]
     assert drawn[0, 2].tolist() == [139, 75, 75]  # half the weight at half the reach
+
+
+def test_map_panel_draws_a_signed_map_full_from_its_reach_and_clipped_beyond():
+    """At the model input's size (upsampling is the identity there) the panel is exactly the
+    signed overlay of the map over signed_reach, clipped to [-1, 1]: most pixels at 0.01, a few
+    at +-1 far past the reach; and an all-zero map leaves the picture as it is."""
+    from deit_functional.drawing import labelled, map_panel, signed_overlay, signed_reach
+
+    rng = np.random.default_rng(1)
+    relevance = np.full((224, 224), 0.01, np.float32)
+    relevance[rng.integers(0, 224, 5), rng.integers(0, 224, 5)] = rng.choice([-1.0, 1.0], 5)  # 1% of the mass
+    back = np.full((224, 224, 3), 120, np.uint8)
+    reach = signed_reach(relevance)
+    assert reach == pytest.approx(0.01)  # the spikes are past it: drawn full, not setting the scale
+    panel = map_panel(back, relevance, "label", Look(), size=14, signed=True)
+    expected = labelled(signed_overlay(back, np.clip(relevance / reach, -1, 1), 0.5), "label", 14)
+    assert np.abs(panel[:expected.shape[0]].astype(int) - expected).max() <= 1
+    flat = map_panel(back, np.zeros((224, 224), np.float32), "label", Look(), size=14, signed=True)
+    assert (flat[expected.shape[0] - 224:expected.shape[0]] == 120).all()

@@ -232,7 +232,7 @@ def integrates(name):
 def scenes_for(name, scenes):
     """The square pairs method ``name`` explains: all, or for a method that integrates a
     gradient (20 or 32 forward passes a picture) three, of three picture sizes -- with both classes,
-    six pictures, two of model_run's passes."""
+    six pictures, two or three of model_run's passes of 64 (image, step) pairs."""
     return scenes[::PER_SIZE][:3] if integrates(name) else scenes
 
 
