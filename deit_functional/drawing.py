@@ -14,6 +14,13 @@ import torch
 from .fast_forms import bilinear_resize
 
 
+def as_array(grid, dtype):
+    """A map, a numpy array or a tensor on any device -> a numpy array of ``dtype``."""
+    if isinstance(grid, torch.Tensor):
+        grid = grid.detach().cpu().numpy()
+    return np.asarray(grid, dtype)
+
+
 def upsample(grid, size):
     """A (h, w) map (array, or tensor on any device): a (G, G) patch grid, or a value per pixel
     of the model's (224, 224) input -> (H, W) float32 array at ``size`` = (H, W), pixel-aligned
@@ -23,9 +30,7 @@ def upsample(grid, size):
     i*H/G..(i+1)*H/G, and input pixel (i, j) rows i*H/224..(i+1)*H/224; bilinear interpolation
     with align_corners=False maps those areas back.
     """
-    if isinstance(grid, torch.Tensor):
-        grid = grid.detach().cpu().numpy()
-    grid = np.asarray(grid, dtype=np.float32)
+    grid = as_array(grid, np.float32)
     mask = bilinear_resize(grid, size)
     return np.clip(mask, min(grid.min(), 0), max(grid.max(), 0), out=mask)  # the rounding of the blend clipped
 
@@ -107,7 +112,7 @@ def to_height(picture, height):
 
 def value_range(grid):
     """A map -> (lowest, highest) of its values, the span its colours are stretched over."""
-    values = np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid, np.float64)
+    values = as_array(grid, np.float64)
     return float(values.min()), float(values.max())
 
 
@@ -158,7 +163,7 @@ def signed_reach(grid):
     up to it hold (100 - CLIPPED)% of the map's total |value| (captum's visualisation does so:
     outlier_perc=2). A pixel map is heavy-tailed: scaled to its maximum, all but a few pixels
     would stay grey. 0 for an all-zero map."""
-    magnitude = np.abs(np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid, np.float64))
+    magnitude = np.abs(as_array(grid, np.float64))
     magnitude = np.sort(magnitude[np.isfinite(magnitude)])
     if magnitude.size == 0:
         return 0.0

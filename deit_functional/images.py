@@ -156,8 +156,15 @@ def resize(picture, size):
 def to_input(picture):
     """(H, W, 3) uint8 picture -> (3, 224, 224) float32 tensor, resized whole and normalised."""
     small = rearrange(torch.from_numpy(resize(picture, (IMAGE_SIZE, IMAGE_SIZE))), "h w c -> c h w")
-    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
-    return (small.float() / 255 - mean) / std
+    return normalised(small.float() / 255)
+
+
+def normalised(pixels):
+    """(..., 3, H, W) pixel values in [0, 1] -> the model's input: each channel less ImageNet's
+    mean (MEAN), over its standard deviation (STD)."""
+    mean, std = (torch.tensor(values, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+                 for values in (MEAN, STD))
+    return (pixels - mean) / std
 
 
 def load_image(path):

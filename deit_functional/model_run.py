@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import MEAN, STD
+from .images import normalised
 from .model import GRADIENT, RULES, head, trace
 from .transformer_attribution import attention_relevances
 
@@ -143,9 +143,7 @@ def input_relevance(weights, images, category, rules):
 
 def black_picture(images):
     """The model input of an all-black picture, shaped (1, 3, 1, 1) on ``images``' device."""
-    mean, std = (torch.tensor(values, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-                 for values in (MEAN, STD))
-    return -mean / std
+    return normalised(images.new_zeros(1, 3, 1, 1))
 
 
 def gauss_legendre(count):

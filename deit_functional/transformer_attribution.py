@@ -78,18 +78,19 @@ def copy_relevance(x, R_one, R_other):
 
 def attention_parts(x, p, attn):
     """What model.attention computes from x (norm1's output), its map ``attn`` given (the run's):
-    q, k, v (B, H, N, d), the heads' mix attn·v (B, H, N, d), the output (B, N, D)."""
+    q, k, v (B, H, N, d), the heads' mix attn·v (B, H, N, d), that mix merged (B, N, D), the
+    output (B, N, D)."""
     q, k, v = queries_keys_values(x, p)
     heads = attn @ v
-    return q, k, v, heads, F.linear(rearrange(heads, "b h n d -> b n (h d)"), **p["proj"])
+    merged = rearrange(heads, "b h n d -> b n (h d)")
+    return q, k, v, heads, merged, F.linear(merged, **p["proj"])
 
 
 def attention_relevance(x, p, attn, parts, R):
     """Through model.attention (x = norm1's output, ``attn`` its map, ``parts`` attention_parts'):
     R of the output (B, N, D) -> (R_x, R_A (B, H, N, N))."""
-    q, k, v, heads, _ = parts
-    R_heads = rearrange(linear_relevance(rearrange(heads, "b h n d -> b n (h d)"), p["proj"], R),
-                        "b n (h d) -> b h n d", h=p["heads"])
+    q, k, v, heads, merged, _ = parts
+    R_heads = rearrange(linear_relevance(merged, p["proj"], R), "b n (h d) -> b h n d", h=p["heads"])
     R_attn, R_v = product_relevance(attn, v, heads, R_heads)
     # softmax passes R_attn to the scores; their rule reads the product q·kᵀ, before its scale
     k_t = k.transpose(-1, -2)
