@@ -17,6 +17,9 @@ from .console import Printout, names_printable
 from .images import ImageError
 from .drawing import BACKDROPS, Look
 from .labels import class_index
+from .localisation import BoxesError, read_boxes
+from .sanity import PICTURES as SANITY_PICTURES
+from .scores import RANDOM_SEEDS
 from .model import ARCHITECTURES, C, DEFAULT_MODEL
 from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
@@ -107,11 +110,14 @@ def parser_for(methods):
                             "258 or samoyed); several, each explained in turn: 87 258 or 87,258")
     else:  # refused in check_applies, with a line that says where a class's map comes from
         p.add_argument("--category", nargs="+", help=argparse.SUPPRESS)
+    p.set_defaults(class_specific=default.uses_gradient)
     options = {m.option: m for m in methods}
-    p.add_argument("--method", type=listed(choice(options)), nargs="+", default=[[default]], metavar="NAME",
+    p.add_argument("--method", type=listed(choice({**options, ALL: ALL})), nargs="+", default=[[default]],
+                   metavar="NAME",
                    help="; ".join(f"{m.option}: {m.title}, {m.description} ({m.paper})" for m in methods)
                         + f" (default: {default.option}); several, each explained in turn: "
-                        + " ".join(list(options)[:2]) + " or " + ",".join(list(options)[:2]))
+                        + " ".join(list(options)[:2]) + " or " + ",".join(list(options)[:2])
+                        + f"; {ALL}: every method of both scripts ({len(METHODS)}), compared (implies --compare)")
     own_way = [m.option for m in methods if not m.fuses_heads]
     p.add_argument("--head-fusion", choices=HEAD_FUSIONS + ("all",),
                    help="how each layer's 3 heads are combined; 'all' draws mean, min and max "
@@ -179,10 +185,29 @@ def parser_for(methods):
                         "areas under the curves, writes them with the curves to <name>_evaluation.json "
                         "and plots them to <name>_evaluation.png (needs matplotlib). It costs 20 more "
                         f"forward passes per picture and fusion: {EVALUATE_COST}")
+    p.add_argument("--compare", action="store_true",
+                   help="also score every map of the run by every metric -- patch removal (as --evaluate), "
+                        "token removal, deletion and insertion against a blurred copy, the randomisation "
+                        "sanity check, and with --boxes the pointing game and the relevance in the boxes -- "
+                        f"against a random map ({RANDOM_SEEDS} seeds) and each map inverted, and write comparison.md, "
+                        "comparison.html and comparison.csv (comparison-2.* and so on if taken): a row per "
+                        "method and fusion, each metric's mean over the pictures with its 95%% bootstrap "
+                        "interval, scored for " + ("each --category" if default.uses_gradient else
+                                                   "each picture's predicted class (which the class-specific "
+                                                   "methods of --method all explain)")
+                        + "; it costs about 50 forward passes per map and picture, and the sanity check, "
+                          f"on the run's first {SANITY_PICTURES} pictures, 12 more runs of each method")
+    p.add_argument("--boxes", type=path, metavar="FILE",
+                   help="the objects' boxes, for --compare's localisation scores: a CSV with the header "
+                        "picture,class,x0,y0,x1,y1 or a JSON list of {picture, class, box: [x0, y0, x1, y1]}, "
+                        "in the picture's pixels (x0 <= x < x1), picture by file name, class by index or name")
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="-q: one line per picture (and explanation): what was explained and the figure "
                         "written; -qq: only the last line, the run's summary (errors are always printed)")
     return p
+
+
+ALL = "all"  # --method all: every method of the table
 
 
 def choice(options):
@@ -270,7 +295,17 @@ def job_from(args):
     method chosen."""
     flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
     chosen = flat(args.method)
+    every = ALL in chosen
+    if every:
+        chosen = available(METHODS.values())
     check_applies(args, chosen)
+    compare = args.compare or every
+    if args.boxes is not None and not compare:
+        raise UsageError("--boxes gives --compare its localisation scores: add --compare (or --method all)")
+    try:
+        boxes = read_boxes(args.boxes) if args.boxes is not None else None
+    except BoxesError as error:
+        raise UsageError(str(error)) from None
     if args.steps:
         chosen = tuple(m.with_steps(args.steps) if m.steps else m for m in chosen)
     fusion = args.head_fusion or ("all" if args.report else "mean")
@@ -278,14 +313,27 @@ def job_from(args):
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
                discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=args.batch_size,
                per_layer=args.per_layer, html=args.html, report=args.report,
-               evaluate=args.evaluate or args.report, save_grid=args.save_grid, model=args.model,
+               evaluate=args.evaluate or args.report, compare=compare, boxes=boxes, save_grid=args.save_grid,
+               model=args.model,
                look=Look(args.overlay, args.alpha), quiet=args.quiet)
+
+
+def available(methods):
+    """The methods that can run here, each one left out said so on stderr (e.g. flow without SciPy)."""
+    usable = []
+    for method in methods:
+        try:
+            method.check_available()
+            usable.append(method)
+        except ImportError as error:
+            print(f"--method all: leaving out {method.option}: {error}", file=sys.stderr)
+    return tuple(usable)
 
 
 def check_applies(args, methods):
     """Refuse an option none of ``methods`` (Method) takes: a head fusion, a discard ratio, or a
     layer-by-layer output for a method that is not built layer by layer."""
-    if not any(m.uses_gradient for m in methods) and args.category is not None:
+    if not args.class_specific and args.category is not None:  # attention_rollout.py
         raise UsageError(f"--category: {', '.join(m.option for m in methods)} explain{'s' * (len(methods) == 1)} "
                          "what the model looks at, not one class; for a class's map run gradient_rollout.py")
     if args.head_fusion == "all" and not any(m.fuses_heads for m in methods):

@@ -126,13 +126,22 @@ def gelu(h, rules=GRADIENT):
     return activated
 
 
-def embed(images, w):
-    """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised pixels -> (B, N, D) tokens: patches, CLS first, positions."""
+def embed(images, w, kept=None):
+    """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised pixels -> (B, N, D) tokens: patches, CLS first, positions.
+
+    ``kept`` (B, K) patch indices, where given, keeps only those patches' tokens, each with its
+    own position embedding, in that order: (B, 1 + K, D). A ViT takes any number of tokens, so
+    this is how a patch is removed without an input the model never saw (evaluate.py).
+    """
     patches = F.conv2d(images, **w["patch_embed"]["proj"], stride=P)  # (B, D, G, G)
     patches = rearrange(patches, "b d gh gw -> b (gh gw) d")
     cls = w["cls_token"].expand(images.shape[0], -1, -1)  # (B, 1, D)
     # pos_embed has N rows including CLS: concatenate first, then add (timm/DeiT order).
-    return torch.cat([cls, patches], dim=1) + w["pos_embed"]
+    tokens = torch.cat([cls, patches], dim=1) + w["pos_embed"]
+    if kept is None:
+        return tokens
+    rows = torch.cat([torch.zeros_like(kept[:, :1]), kept + 1], dim=1)  # CLS, then the kept patches
+    return tokens.gather(1, rows[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
 def queries_keys_values(x, p):
@@ -197,7 +206,7 @@ class Trace:
 STATES = ("attention_inputs", "tokens")  # the Trace fields kept only when asked (each (B, N, D) per layer)
 
 
-def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=False, rules=GRADIENT):
+def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=False, rules=GRADIENT, kept=None):
     """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised images -> Trace, the same numbers as ``forward``.
 
     ``keep`` names the STATES to keep besides the logits and maps (the others are None: no
@@ -208,7 +217,8 @@ def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=Fal
     further on). With ``blocks_apart`` every block reads a detached copy of its input, so a
     gradient from the tokens x_l reaches block l's map and no earlier one -- each layer's own
     gradient, all in one backward pass. ``rules`` (Rules) say how each stage passes the
-    gradient back; the values are the same under any.
+    gradient back; the values are the same under any. ``kept`` (B, K) patch indices runs the
+    model on those patches' tokens alone (embed).
     """
     wanted = set(keep) | set(keep_grad)
     unknown = wanted - {"attentions", *STATES}
@@ -219,7 +229,7 @@ def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=Fal
     inputs = [] if "attention_inputs" in wanted else None
     tokens = [] if "tokens" in wanted else None
     with torch.set_grad_enabled(graded and graph_from == 0):
-        x = embed(images, weights)
+        x = embed(images, weights, kept)
     for index, p in enumerate(weights["blocks"]):
         if tokens is not None:
             tokens.append(x)
@@ -234,20 +244,21 @@ def trace(weights, images, keep=(), keep_grad=(), graph_from=0, blocks_apart=Fal
         tokens.append(x)
     with torch.set_grad_enabled(graded):
         logits = head(x, weights, rules)
-    kept = Trace(logits, attentions, inputs, tokens)
+    result = Trace(logits, attentions, inputs, tokens)
     for name in keep_grad:
-        for tensor in getattr(kept, name):
+        for tensor in getattr(result, name):
             if tensor.requires_grad:
                 tensor.retain_grad()
-    return kept
+    return result
 
 
-def forward(weights, images, retain_grad=False):
+def forward(weights, images, retain_grad=False, kept=None):
     """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised images -> ``(logits, attentions)``.
 
     logits are (B, C); attentions a list of L post-softmax maps, each (B, H, N, N), first block
     first. With ``retain_grad=True`` every map keeps its ``.grad`` after ``backward()`` from the
-    logits (``trace`` keeps more).
+    logits (``trace`` keeps more). ``kept`` (B, K) patch indices: only those patches' tokens go
+    in (embed), and the maps are (B, H, 1 + K, 1 + K).
     """
-    kept = trace(weights, images, keep_grad=("attentions",) if retain_grad else ())
-    return kept.logits, kept.attentions
+    run = trace(weights, images, keep_grad=("attentions",) if retain_grad else (), kept=kept)
+    return run.logits, run.attentions

@@ -247,8 +247,10 @@ def printed(result, files, notes, quiet=0, first=True):
     if method.uses_gradient:
         lines.append(f"  {method.title}, class {class_line(result.probabilities, result.category)}")
     if result.faithfulness is not None:
-        lines += [f"  faithfulness for class {result.category} {class_names()[result.category]} "
-                  "(perturbation test; positive AUC: lower is better, negative AUC: higher is better)",
+        which = "" if method.uses_gradient else ", the predicted class"
+        lines += [f"  faithfulness for class {result.category} {class_names()[result.category]}{which} (perturbation "
+                  "test, AUC over x = 0..0.9 removed, the untouched picture included; positive AUC: lower is "
+                  "better, negative AUC: higher is better)",
                   "    fusion    positive AUC  negative AUC"]
         lines += [f"    {fusion:8}  {s['positive_auc']:12.4f}  {s['negative_auc']:12.4f}"
                   for fusion, s in result.faithfulness.items()]

@@ -36,11 +36,15 @@ from pathlib import Path
 
 import torch
 
+import numpy as np
+
+from .comparison import write_comparison
 from .console import Printout
 from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
-from .model import DEFAULT_MODEL
+from .model import ARCHITECTURES, DEFAULT_MODEL
+from .scores import predicted, score_batch
 from .drawing import Look
 from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
 from .pixel_relevance import patch_maps
@@ -60,6 +64,8 @@ class Job:
     html: bool = False            # also the explorer page (explorer.py)
     report: bool = False          # also report.md and report.html over all pictures (needs evaluate)
     evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
+    compare: bool = False         # also score every map by every metric: comparison.md, .html, .csv
+    boxes: dict | None = None     # the objects' boxes, for the comparison's localisation (localisation.read_boxes)
     save_grid: bool = False       # also the (G, G) map as .npy
     model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES, which the weights are of
     look: Look = Look()           # how the result figures draw the maps
@@ -76,10 +82,11 @@ class Job:
         return tuple(f for f in self.head_fusions if f in method.fusions) or method.fusions[:1]
 
     def explanations(self):
-        """-> [(method, category)]: every method, for every class where it explains one."""
-        if any(m.uses_gradient for m in self.methods) and not self.categories:
+        """-> [(method, category)]: every method, for every class where it explains one (a
+        comparison without categories: None, each picture's predicted class)."""
+        if any(m.uses_gradient for m in self.methods) and not self.categories and not self.compare:
             raise ValueError("a method that uses the gradient explains a class: give categories")
-        return [(m, c) for m in self.methods for c in (self.categories if m.uses_gradient else (None,))]
+        return [(m, c) for m in self.methods for c in (self.categories or (None,) if m.uses_gradient else (None,))]
 
 
 def explain_batch(weights, batch, job, device, method, category):
@@ -89,6 +96,8 @@ def explain_batch(weights, batch, job, device, method, category):
     threads."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
     fusions = job.fusions(method)
+    if method.uses_gradient and category is None:  # a comparison: each picture's predicted class
+        category = predicted(weights, inputs)
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
         run = run_method(weights, inputs, method, category)
         by_layer, own = maps_by_layer(method, run, fusions, job.ratio(method))
@@ -99,10 +108,12 @@ def explain_batch(weights, batch, job, device, method, category):
         logits, maps = explain(weights, inputs, method, category=category, head_fusions=fusions,
                                discard_ratio=job.ratio(method))
     probabilities = logits.softmax(dim=-1).cpu().numpy()
+    classes = (probabilities.argmax(-1) if category is None  # the class each picture's map explains
+               else np.broadcast_to(torch.as_tensor(category).cpu(), len(batch)))
     results = []
     for row, (path, picture, _) in enumerate(batch):
         grids = {f: m[row] for f, m in maps.items()}
-        explained = category if category is not None else int(probabilities[row].argmax())
+        explained = int(classes[row])
         results.append(PictureResult(
             path, picture, probabilities[row], {f: g.cpu().numpy() for f, g in grids.items()},
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
@@ -144,7 +155,7 @@ def run(paths, weights, job, device, printout=None):
              for m, c in explanations}
     overlap_model = device.type != "cpu"
     batches = [paths[i:i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
-    finished, failed, full, entries, predicted = set(), set(), None, [], {}
+    finished, failed, full, entries, predicted, scored = set(), set(), None, [], {}, []
     unwritten = 0  # the report or the predictions, when they could not be written
     printed_last = None  # the number of the picture whose lines were printed last
     disk_full = threading.Event()
@@ -154,7 +165,8 @@ def run(paths, weights, job, device, printout=None):
         if disk_full.is_set():
             return None  # dropped: the run is stopping
         try:
-            files, notes = write(result, endings, names[result.method, _asked(result)], targets, job.look)
+            names_ = names[result.method, _asked(result, job.categories)]
+            files, notes = write(result, endings, names_, targets, job.look)
             return files, notes, report_entry(result, files["overlay"]) if job.report else None
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -207,6 +219,8 @@ def run(paths, weights, job, device, printout=None):
                     failed.add(number)
                     bar.write(f"skipped {made}", file=sys.stderr)
             by_explanation = [explain_batch(weights, good, job, device, *e) for e in explanations] if good else []
+            if job.compare and good:
+                scored += score_batch(weights, good, numbers, job, device, by_explanation)
             for number, results in zip(numbers, zip(*by_explanation)):  # each picture's explanations together
                 for result in results:
                     reason = result.not_finite()
@@ -217,7 +231,8 @@ def run(paths, weights, job, device, printout=None):
                         continue
                     predicted.setdefault((number, result.category), result)
                     endings = file_endings(result, job.save_grid, job.per_layer)
-                    targets = names[result.method, _asked(result)].claim(result.path, endings)  # in picture order
+                    # in picture order
+                    targets = names[result.method, _asked(result, job.categories)].claim(result.path, endings)
                     writes.append((number, result, writers.submit(write_unless_full, result, endings, targets)))
             if not overlap_model:
                 decoding = decode(following)
@@ -235,6 +250,9 @@ def run(paths, weights, job, device, printout=None):
     try:
         if entries:
             extras += write_report(entries, job)
+        if scored:
+            extras += write_comparison(scored, job.output_dir, f"Which explanation to trust: "
+                                       f"{ARCHITECTURES[job.model].title}, {len(finished - failed)} pictures")
         if len(paths) > 1 and predicted:
             extras.append(write_predictions([predicted[k] for k in sorted(predicted) if k[0] in finished], job))
     except OSError as error:
@@ -251,9 +269,10 @@ def run(paths, weights, job, device, printout=None):
     return len(failed) + unwritten
 
 
-def _asked(result):
-    """The category a result was asked for: its class for a method that uses the gradient, else None."""
-    return result.category if result.method.uses_gradient else None
+def _asked(result, categories):
+    """The category a result was asked for: its class for a method that uses the gradient, else
+    None (and None where no categories were given: a comparison's predicted classes)."""
+    return result.category if result.method.uses_gradient and categories else None
 
 
 def _which(result, explanations):

@@ -1,5 +1,6 @@
 """The docs tell the truth: their figures are what the code draws now, and the numbers the text
 quotes are the numbers the code computes."""
+import itertools
 import re
 import subprocess
 import sys
@@ -65,12 +66,40 @@ def test_numbers_quoted_by_the_docs_are_the_computed_ones(regenerated):
     for row, (positive, negative) in (("Gradient Rollout (class 87)", true), ("random (seed 0)", random),
                                       ("inverted", inverted)):
         assert f"| {row} | {positive:.3f} | {negative:.3f} |" in WALKTHROUGH
-    assert f"scores {true[0]:.3f} and {true[1]:.3f}, a random map {random[0]:.3f} and {random[1]:.3f}." in README
     flat = re.search(r"discard 0 -> ([\d.]+)", printed).group(1)
     assert f"its smallest patch is still {flat}" in WALKTHROUGH
     rollout, flow = (re.search(rf"^  {method}: .*median patch ([\d.]+)$", printed, re.M).group(1)
                      for method in ("attention", "flow"))
     assert f"its median patch is {flow} of the peak, rollout's {rollout}" in WALKTHROUGH
+
+
+def markdown_table(text, heading):
+    """The first Markdown table after ``heading`` -> (its header cells, [its rows' cells])."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("|"))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in
+            itertools.takewhile(lambda line: line.startswith("|"), lines[start:])]
+    return rows[0], rows[2:]
+
+
+def test_readme_s_comparison_rows_are_those_of_docs_comparison():
+    """README's excerpt of docs/comparison.md (docs/make_comparison.py): each of its numbers is the
+    mean of the whole table's cell, under the metrics its column names."""
+    from deit_functional.scores import METRICS
+    header, rows = markdown_table((ROOT / "README.md").read_text(), "## Which method, which fusion?")
+    whole_header, whole_rows = markdown_table((ROOT / "docs" / "comparison.md").read_text(), "## class 87")
+    column = {h.split(" (")[0]: k for k, h in enumerate(whole_header)}  # a metric's title -> its column
+    whole = {row[0]: row for row in whole_rows}
+    titles = {m.title for m in METRICS}
+    assert len(rows) >= 5
+    for row in rows:
+        for heading, cell in zip(header[1:], row[1:]):
+            names = [t.strip() for t in heading.split(" / ")]
+            if heading.startswith("token removal"):
+                names = ["token removal, most first", "token removal, least first"]
+            assert all(n in titles for n in names), heading
+            for name, value in zip(names, cell.split(" / "), strict=True):
+                assert whole[row[0]][column[name]].split(" ")[0] == value, (row[0], name)
 
 
 def test_the_docs_describe_the_methods_as_their_one_table_does():

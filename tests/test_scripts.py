@@ -217,7 +217,7 @@ BAD_RUNS = ([(ATTENTION, [], *case) for case in bad_inputs() if "category" not i
                  "--category: rollout explains what the model looks at, not one class; for a class's map run "
                  "gradient_rollout.py"),
                 (ATTENTION, "unknown method", ["--method", "grad-cam"], "invalid choice: 'grad-cam' (choose from "
-                 "rollout, flow, raw-attention)"),
+                 "rollout, flow, raw-attention, all)"),
                 (GRADIENT, "fusion the method does not offer", ["--category", "87", "--method", "tam,grad-cam",
                  "--head-fusion", "max"], "--head-fusion max: no method chosen offers it (tam: mean; grad-cam: none)"),
                 (GRADIENT, "discard ratio for a method that discards nothing", ["--category", "87", "--method",
