@@ -1,6 +1,7 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
-    python bench/benchmark.py            # batch 1, 32 and 64, every method, attention flow, whole processes (20-25 min)
+    python bench/benchmark.py            # batch 1, 32 and 64, every method, attention flow, whole processes,
+                                         # removal curves (20-25 min), then --method all over 32 pictures (~30 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
 Every row runs on the same seeded random weights (in the same memory: sharing_storage) and
@@ -342,6 +343,70 @@ def script_table(repeats, folder_sizes, batch, more_rounds=MORE_ROUNDS):
           f"{ratio_text(folder())} × timm fused forward |", flush=True)
 
 
+def removal_table(batch, repeats):
+    """Token removal against patch removal (evaluate.py), the same maps: seconds per curve, and
+    the ratio, interleaved. Each call makes both orders' curves of one map per picture."""
+    from deit_functional import evaluate
+    weights = load_weights(random_timm_model())
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    grids = torch.rand(batch, 1, 14, 14, generator=torch.Generator().manual_seed(2))
+    classes = torch.full((batch,), CATEGORY)
+    functions = {"patch removal (Chefer et al.), 0..0.9": lambda x: evaluate.removal_curves(weights, x, grids, classes),
+                 "token removal, 0..0.9": lambda x: evaluate.token_removal_curves(weights, x, grids, classes)}
+    for fn in functions.values():
+        fn(x)
+    times = time_rounds(functions, x, torch.device("cpu"), repeats)
+    patch, token = times.values()
+    print(f"\nremoval curves, CPU, batch {batch}, one map per picture ({repeats} interleaved repeats)\n"
+          "| | ms per curve | × patch removal | target |\n|---|---:|---:|---:|\n"
+          f"| {list(functions)[0]} | {1000 * statistics.median(patch) / (2 * batch):.1f} | 1.00 | |\n"
+          f"| {list(functions)[1]} | {1000 * statistics.median(token) / (2 * batch):.1f} | "
+          f"{ratio_text([t / p for t, p in zip(token, patch)])} | ≤ 0.6 |", flush=True)
+
+
+def comparison_table(pictures, steps=None):
+    """--method all over ``pictures`` of the sample photos, in this process (pipeline.run): its
+    wall time, and the share of it spent in model runs -- every forward (model.trace) and
+    backward pass, timed where they are called."""
+    import shutil
+    import tempfile
+    from deit_functional import model, model_run
+    from deit_functional.cli import job_from, parser_for, script_methods
+    from deit_functional.pipeline import run
+    spent = [0.0]
+
+    def timed(fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return call
+    weights = load_weights(random_timm_model())
+    photos = sorted((ROOT / "images").glob("*.jpg"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "pictures"
+        folder.mkdir()
+        for i in range(pictures):
+            shutil.copy(photos[i % len(photos)], folder / f"{i:03d}.jpg")
+        args = parser_for(script_methods(False)).parse_args(
+            ["--image", str(folder), "--method", "all", "--output-dir", str(Path(tmp) / "out"), "-qq"]
+            + (["--steps", str(steps)] if steps else []))
+        job = job_from(args)
+        originals = model.trace, model_run.trace, torch.Tensor.backward
+        model.trace, model_run.trace, torch.Tensor.backward = (timed(f) for f in originals)
+        try:
+            start = time.perf_counter()
+            run(sorted(folder.iterdir()), weights, job, torch.device("cpu"))
+            wall = time.perf_counter() - start
+        finally:
+            model.trace, model_run.trace, torch.Tensor.backward = originals
+    print(f"\n--method all, CPU, {pictures} pictures ({len(job.methods)} methods"
+          + (f", --steps {steps}" if steps else "") + "), one run\n| wall s | in model runs | target |\n"
+          f"|---:|---:|---:|\n| {wall:.0f} | {spent[0] / wall:.0%} | ≥ 80% |", flush=True)
+
+
 def machine():
     """A line saying what the numbers were measured on, and when."""
     try:
@@ -380,6 +445,8 @@ def main():
     flow_table((1,) if args.smoke else (1, 4), 1 if args.smoke else 5)
     script_table(1 if args.smoke else 5, (3, 6) if args.smoke else (64, 320), batch,
                  more_rounds=0 if args.smoke else MORE_ROUNDS)
+    removal_table(batch, 1 if args.smoke else 7)
+    comparison_table(1 if args.smoke else 32, steps=2 if args.smoke else None)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .scores import RANDOM_SEEDS
 from .model import ARCHITECTURES, C, DEFAULT_MODEL
 from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
-from .methods import METHODS, STEPS
+from .methods import INPUT_STEPS, METHODS, STEPS
 from .rollout import HEAD_FUSIONS
 from .weights import WEIGHTS_VARIABLE, WeightsError, load_weights
 
@@ -139,7 +139,8 @@ def parser_for(methods):
                             + " and ".join(m.option for m in methods if m.keeps.integrated)
                             + f" keep their papers' {STEPS})")
     else:
-        p.add_argument("--steps", type=positive_int, help=argparse.SUPPRESS)
+        p.add_argument("--steps", type=positive_int, metavar="S",
+                       help=f"with --method all: integrated-gradients' steps (default: {INPUT_STEPS})")
     p.add_argument("--overlay", choices=BACKDROPS, default="grey",
                    help="what the map is drawn over: a greyscale copy of the picture, so that red means "
                         "relevance and nothing else, or the picture in colour (default: %(default)s)")
@@ -195,7 +196,7 @@ def parser_for(methods):
                         "interval, scored for " + ("each --category" if default.uses_gradient else
                                                    "each picture's predicted class (which the class-specific "
                                                    "methods of --method all explain)")
-                        + "; it costs about 50 forward passes per map and picture, and the sanity check, "
+                        + "; it costs about 47 forward passes per map and picture, and the sanity check, "
                           f"on the run's first {SANITY_PICTURES} pictures, 12 more runs of each method")
     p.add_argument("--boxes", type=path, metavar="FILE",
                    help="the objects' boxes, for --compare's localisation scores: a CSV with the header "
@@ -319,20 +320,25 @@ def job_from(args):
 
 
 def available(methods):
-    """The methods that can run here, each one left out said so on stderr (e.g. flow without SciPy)."""
-    usable = []
-    for method in methods:
-        try:
-            method.check_available()
-            usable.append(method)
-        except ImportError as error:
-            print(f"--method all: leaving out {method.option}: {error}", file=sys.stderr)
-    return tuple(usable)
+    """The methods that can run here (e.g. not flow without SciPy)."""
+    return tuple(m for m in methods if not unavailable(m))
+
+
+def unavailable(method):
+    """Why ``method`` cannot run here (its check_available's ImportError), or None."""
+    try:
+        method.check_available()
+    except ImportError as error:
+        return error
+    return None
 
 
 def check_applies(args, methods):
     """Refuse an option none of ``methods`` (Method) takes: a head fusion, a discard ratio, or a
     layer-by-layer output for a method that is not built layer by layer."""
+    if not args.class_specific and args.category is not None and any(m.uses_gradient for m in methods):
+        raise UsageError("--category: attention_rollout.py's --method all explains and scores each picture's "
+                         "predicted class; for a class you choose run gradient_rollout.py --method all --category C")
     if not args.class_specific and args.category is not None:  # attention_rollout.py
         raise UsageError(f"--category: {', '.join(m.option for m in methods)} explain{'s' * (len(methods) == 1)} "
                          "what the model looks at, not one class; for a class's map run gradient_rollout.py")
@@ -383,6 +389,10 @@ def _main(methods, argv):
         check_output_dir(args.output_dir)
         device = check_device(args.device)
         weights = load_weights(args.weights, device=device, model=job.model)
+        if ALL in (item for items in args.method for item in items):  # every check passed: say what is left out
+            for method in METHODS.values():
+                if unavailable(method):
+                    print(f"--method all: leaving out {method.option}: {unavailable(method)}", file=sys.stderr)
         failures = run(paths, weights, job, device, printout)  # raises ImageError if the one picture is unreadable
     except (UsageError, WeightsError, ImageError, ImportError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2

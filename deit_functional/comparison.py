@@ -25,6 +25,8 @@ from .writing import write_new, write_text
 
 RESAMPLES = 2000   # bootstrap resamples of the pictures
 LEVEL = 0.95
+MIN_PICTURES = 5   # fewer, and a difference is never judged: with n pictures that all differ one way, the
+#                    interval leaves out 0, which chance alone does with probability 2 / 2**n (n = 4: 12%)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Cell:
     low: float           # the 95% bootstrap interval of the mean
     high: float
     count: int           # pictures measured
+    spread: float | None = None  # a random row's: the standard deviation over the seeds of each seed's mean
     best: bool = False   # the best row's (among the methods)
     worse: bool = False  # the paired difference from the best row is larger than its interval
     beats_random: bool = False  # better than the random map, beyond the paired difference's interval
@@ -51,8 +54,8 @@ def interval(values, seed=0):
 
 def beyond(differences, sign):
     """Whether the paired differences' mean is ``sign`` (+1 or -1) beyond its interval: the whole
-    95% interval lies on that side of 0 (never with one picture)."""
-    if len(differences) < 2:
+    95% interval lies on that side of 0 (never with fewer than MIN_PICTURES pictures)."""
+    if len(differences) < MIN_PICTURES:
         return False
     low, high = interval(differences)
     return low > 0 if sign > 0 else high < 0
@@ -96,10 +99,21 @@ def table(entries):
             mean = float(np.mean(list(by_picture.values())))
             paired = lambda other: np.array([by_picture[p] - values[other][p] for p in by_picture if p in values[other]])
             cells[row][metric.name] = Cell(
-                mean, *interval(list(by_picture.values())), len(by_picture), best=row == best,
+                mean, *interval(list(by_picture.values())), len(by_picture), seed_spread(rows[row], metric.name),
+                best=row == best,
                 worse=row != best and best is not None and beyond(paired(best), -sign),
                 beats_random=random is not None and row != random and beyond(paired(random), sign))
     return cells
+
+
+def seed_spread(entries, metric):
+    """A random row's entries -> the standard deviation over its seeds of each seed's mean over the
+    pictures; None for a row of one map per picture."""
+    seeds = sorted({e.seed for e in entries if e.seed is not None})
+    if len(seeds) < 2:
+        return None
+    means = [np.nanmean([e.scores.get(metric, np.nan) for e in entries if e.seed == s]) for s in seeds]
+    return float(np.std(means, ddof=1)) if np.isfinite(means).all() else None
 
 
 def depth_table(entries):
@@ -120,26 +134,36 @@ def verdict(cells):
     return "fails: barely changes" if cell.mean > FAILS_ABOVE else "passes"
 
 
-def chance_line(target, cells):
+def chance_line(cells, kinds):
     """The sentence that says, per metric, which methods are separable from the random map."""
+    counts = [c.count for row in cells.values() for c in row.values()]
+    if max(counts, default=0) < MIN_PICTURES:
+        return (f"{max(counts, default=0)} picture(s): too few to judge any difference (it takes {MIN_PICTURES}); "
+                "read the means only.")
     parts = []
     for metric in METRICS:
         if metric.name == "randomisation":
             continue
-        measured = [row for row, c in cells.items() if metric.name in c and not row.startswith(("random", "inverted"))]
+        measured = [row for row, c in cells.items() if metric.name in c and kinds[row] == "method"]
         if not measured:
             continue
         beat = [row for row in measured if cells[row][metric.name].beats_random]
         parts.append(f"{metric.title}: {len(beat)} of {len(measured)}"
                      + ("" if beat else " (no method separable from chance)"))
-    return f"{target}. Methods better than the random map beyond the interval, per metric: " + "; ".join(parts) + "."
+    return "Methods better than the random map beyond the interval, per metric: " + "; ".join(parts) + "."
+
+
+def kinds_of(entries):
+    """-> {row: its kind}."""
+    return {e.row: e.kind for e in entries}
 
 
 def cell_text(cell):
     if cell is None:
         return "—"
     mark = " (best)" if cell.best else " *" if cell.worse else ""
-    return f"{cell.mean:.3f} [{cell.low:.3f}, {cell.high:.3f}]{mark}"
+    spread = f" ±{cell.spread:.3f}" if cell.spread is not None else ""
+    return f"{cell.mean:.3f} [{cell.low:.3f}, {cell.high:.3f}]{spread}{mark}"
 
 
 def mean_curves(entries, curve):
@@ -151,11 +175,12 @@ def mean_curves(entries, curve):
 
 
 HOW = ("Each cell: the mean over the pictures and its 95% bootstrap interval ({resamples} resamples). "
-       "(best): the best method on that metric; *: worse than the best by more than the interval of "
-       "the paired difference. The random map is the mean of {seeds} seeds per picture; the inverted map "
-       "is -map. Patch and token removal run x = 0..0.9 with the untouched picture at 0 (Chefer et al.'s "
-       "range); deletion and insertion x = 0..1. The sanity check fails a method whose mean rank "
-       "correlation with its map stays above {threshold} once every block is random.")
+       "(best): the best method on that metric; *: worse than the best by more than the interval of the "
+       "paired difference (judged from {least} pictures on). The random map is the mean of {seeds} seeds per "
+       "picture, ± the standard deviation of the seeds' means; the inverted map is -map. Patch and token "
+       "removal run x = 0..0.9 with the untouched picture at 0 (Chefer et al.'s range); deletion and "
+       "insertion x = 0..1. The sanity check fails a method whose mean rank correlation (its absolute "
+       "value) with its map stays above {threshold} once every block is random.")
 
 
 def columns(cells):
@@ -165,11 +190,11 @@ def columns(cells):
 
 
 def markdown(by_target, title):
-    lines = [f"# {title}", "", HOW.format(resamples=RESAMPLES, seeds=seeds(by_target), threshold=FAILS_ABOVE), ""]
+    lines = [f"# {title}", "", how(by_target), ""]
     for target, entries in by_target.items():
         cells = table(entries)
         shown = columns(cells)
-        lines += [f"## {target}", "", chance_line(target, cells), "",
+        lines += [f"## {target}", "", chance_line(cells, kinds_of(entries)), "",
                   "| map | " + " | ".join(f"{m.title} ({m.better} is better)" for m in shown) + " | sanity |",
                   "|:---|" + "---:|" * len(shown) + ":---|",
                   *(f"| {row} | " + " | ".join(cell_text(c.get(m.name)) for m in shown) + f" | {verdict(c)} |"
@@ -183,6 +208,11 @@ def markdown(by_target, title):
                       *(f"| {row} | " + " | ".join(f"{v:.2f}" for v in rhos) + " |" for row, rhos in depths.items()), ""]
     lines += ["## The metrics", "", *(f"- **{m.title}** ({m.better} is better): {m.meaning}." for m in METRICS), ""]
     return "\n".join(lines)
+
+
+def how(by_target):
+    """The paragraph that says how to read the tables."""
+    return HOW.format(resamples=RESAMPLES, seeds=seeds(by_target), threshold=FAILS_ABOVE, least=MIN_PICTURES)
 
 
 def seeds(by_target):
@@ -199,12 +229,12 @@ def html_page(by_target, title):
              "font-variant-numeric:tabular-nums;white-space:nowrap}table{border-collapse:collapse}"
              "td.best{font-weight:bold}td.worse{color:#999}.curves{display:flex;flex-wrap:wrap;gap:1em}</style>"
              "</head><body>", f"<h1>{e_(title)}</h1>",
-             f"<p>{e_(HOW.format(resamples=RESAMPLES, seeds=seeds(by_target), threshold=FAILS_ABOVE))}</p>"]
+             f"<p>{e_(how(by_target))}</p>"]
     for target, entries in by_target.items():
         cells = table(entries)
         shown = columns(cells)
         klass = lambda c: "n best" if c and c.best else "n worse" if c and c.worse else "n"
-        parts += [f"<h2>{e_(target)}</h2>", f"<p>{e_(chance_line(target, cells))}</p>", "<table><tr><th>map</th>",
+        parts += [f"<h2>{e_(target)}</h2>", f"<p>{e_(chance_line(cells, kinds_of(entries)))}</p>", "<table><tr><th>map</th>",
                   *(f"<th title='{e_(m.meaning)}'>{e_(m.title)}<br>({m.better} is better)</th>" for m in shown),
                   "<th>sanity</th></tr>",
                   *("<tr><td>" + e_(row) + "</td>" + "".join(f"<td class='{klass(c.get(m.name))}'>"
@@ -224,13 +254,17 @@ def csv_text(by_target):
     buffer = io.StringIO()
     out = csv.writer(buffer, lineterminator="\n")
     out.writerow(["target", "map", "kind", "metric", "better", "mean", "low", "high", "pictures", "best",
-                  "worse_than_best", "beats_random"])
+                  "worse_than_best", "beats_random", "sanity"])
     for target, entries in by_target.items():
-        kinds = {e.row: e.kind for e in entries}
+        kinds, depths = kinds_of(entries), depth_table(entries)
         for row, cells in table(entries).items():
             for name, c in cells.items():
                 out.writerow([target, row, kinds[row], name, METRIC[name].better, f"{c.mean:.6f}", f"{c.low:.6f}",
-                              f"{c.high:.6f}", c.count, int(c.best), int(c.worse), int(c.beats_random)])
+                              f"{c.high:.6f}", c.count, int(c.best), int(c.worse), int(c.beats_random),
+                              verdict(cells) if name == "randomisation" else ""])
+            for depth, rho in enumerate(depths.get(row, ()), start=1):  # the check, block by block (mean only)
+                out.writerow([target, row, kinds[row], f"rank-correlation-{depth}-random", "", f"{rho:.6f}",
+                              "", "", "", "", "", "", ""])
     return buffer.getvalue()
 
 

@@ -7,7 +7,8 @@ page holds it as it is and a browser draws it without a script.
 """
 import html
 
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+           "#ff7f0e")
 WIDTH, HEIGHT = 260, 150  # the plot area, in SVG units: x = share removed * WIDTH, y from the top
 
 
@@ -27,9 +28,11 @@ def curves_svg(evaluation, class_name):
                          f'<text x="{WIDTH + 10}" y="{14 + 16 * k}" fill="{colour}">{html.escape(name)}: AUC '
                          f'{scores[order + "_auc"]:.3f}</text>')
         last = max(scores["fractions"][-1] for scores in evaluation.values())
+        height = max(HEIGHT + 60, 24 + 16 * len(evaluation))  # room for every line's label,
+        width = WIDTH + max(210, 70 + 7 * max(map(len, evaluation)))  # at about 7 units a letter
         plots.append(
-            f'<svg class="{order}" width="{WIDTH + 210}" height="{HEIGHT + 60}" '
-            f'viewBox="-50 -24 {WIDTH + 210} {HEIGHT + 60}" font-size="12" role="img" '
+            f'<svg class="{order}" width="{width}" height="{height}" '
+            f'viewBox="-50 -24 {width} {height}" font-size="12" role="img" '
             f'aria-label="p({html.escape(class_name)}), {order} perturbation">'
             f'<text x="0" y="-10">{title}</text>'
             f'<path d="M0,0 V{HEIGHT} H{WIDTH}" fill="none" stroke="#888"/>'

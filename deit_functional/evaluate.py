@@ -19,8 +19,10 @@ summarises it. Three ways to remove a patch, each with its known weakness (walkt
   blurred picture and puts the most relevant patches back first -- which is the blur removal of
   the least relevant first, read backwards (``deletion_insertion``).
 
-The inverted map (-map) ranks the patches in exactly the reverse order, so its curves are the
-map's own with the orders swapped: no extra model run (``inverted``).
+The inverted map (-map) removes, most relevant first, what the map removes least relevant first,
+and the other way round: its curves are the map's with the orders swapped, no extra model run
+(``inverted``). Ties go by patch index in every order; insertion, read off the least-relevant-
+first curve, breaks them the other way.
 
 Shape legend: B pictures, R maps of each, S steps, G the patch grid's side.
 """
@@ -60,10 +62,10 @@ def removed_counts(fractions, patches=G * G):
 
 
 def removed(grids, fractions, most_relevant_first=True):
-    """(..., G, G) maps -> (..., S, G*G) bool: the patches removed at each step."""
-    rank = ranks(grids)
-    if not most_relevant_first:
-        rank = rank.shape[-1] - 1 - rank  # the least relevant first: the exact reverse order
+    """(..., G, G) maps -> (..., S, G*G) bool: the patches removed at each step. The least relevant
+    first are the most relevant of -map (Chefer et al.'s negative perturbation), ties by patch
+    index in both orders."""
+    rank = ranks(grids if most_relevant_first else -grids)
     counts = torch.tensor(removed_counts(fractions, rank.shape[-1]), device=grids.device)
     return rank[..., None, :] < counts[:, None]
 
@@ -128,7 +130,7 @@ def token_removal_curves(weights, pictures, grids, categories, fractions=FRACTIO
         gone = rearrange(gone, "b r o n -> (b r o) n")
         count = gone.shape[-1] - removed_counts((fraction,), gone.shape[-1])[0]
         kept = torch.argsort(gone.to(torch.uint8), dim=-1, stable=True)[:, :count]  # the kept, in patch order
-        steps.append(in_chunks(lambda rows: class_probability(
+        steps.append(in_chunks(lambda rows: class_probability(  # called here, so this step's kept
             weights, pictures[picture[rows]], categories[picture[rows]], kept[rows]), len(kept)))
     later = rearrange(np.stack(steps, axis=-1), "(b r o) s -> b r o s", b=b, r=r, o=2)
     return with_untouched(weights, pictures, categories, later)
@@ -150,7 +152,8 @@ def blurred(pictures):
 def deletion_insertion(curves):
     """(..., 2, S) blur-removal curves over WHOLE (most, least relevant first) -> (deletion,
     insertion), each (..., S): insertion at x puts back the most relevant x, which leaves the
-    least relevant 1 - x blurred."""
+    least relevant 1 - x blurred (round(x * 196) + round((1 - x) * 196) = 196 at each step of
+    WHOLE; where patches tie across that cut, the later ones in patch order go back first)."""
     return curves[..., 0, :], curves[..., 1, ::-1]
 
 

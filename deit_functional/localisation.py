@@ -43,11 +43,12 @@ def read_boxes(path):
             raise BoxesError(f"{path}: not a JSON list of {{picture, class, box: [x0, y0, x1, y1]}} ({error})") from None
         where = [f"entry {k + 1}" for k in range(len(rows))]
     else:
-        table = list(csv.reader(text.splitlines()))
+        table = [(number, row) for number, row in enumerate(csv.reader(text.splitlines()), start=1)
+                 if any(cell.strip() for cell in row)]  # blank lines skipped
         header = ["picture", "class", "x0", "y0", "x1", "y1"]
-        if not table or [h.strip().lower() for h in table[0]] != header:
+        if not table or [h.strip().lower() for h in table[0][1]] != header:
             raise BoxesError(f"{path}: a boxes CSV starts with the header line {','.join(header)}")
-        rows, where = table[1:], [f"line {k + 2}" for k in range(len(table) - 1)]
+        rows, where = [row for _, row in table[1:]], [f"line {number}" for number, _ in table[1:]]
     boxes = {}
     for place, row in zip(where, rows):
         if len(row) != 6:

@@ -44,7 +44,7 @@ from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
 from .model import ARCHITECTURES, DEFAULT_MODEL
-from .scores import predicted, score_batch
+from .scores import predicted_classes, score_batch
 from .drawing import Look
 from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
 from .pixel_relevance import patch_maps
@@ -86,7 +86,7 @@ class Job:
         comparison without categories: None, each picture's predicted class)."""
         if any(m.uses_gradient for m in self.methods) and not self.categories and not self.compare:
             raise ValueError("a method that uses the gradient explains a class: give categories")
-        return [(m, c) for m in self.methods for c in (self.categories or (None,) if m.uses_gradient else (None,))]
+        return [(m, c) for m in self.methods for c in ((self.categories or (None,)) if m.uses_gradient else (None,))]
 
 
 def explain_batch(weights, batch, job, device, method, category):
@@ -97,7 +97,7 @@ def explain_batch(weights, batch, job, device, method, category):
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
     fusions = job.fusions(method)
     if method.uses_gradient and category is None:  # a comparison: each picture's predicted class
-        category = predicted(weights, inputs)
+        category = predicted_classes(weights, inputs)
     if job.per_layer or job.html:  # explain_by_layer, keeping the model's maps for the page
         run = run_method(weights, inputs, method, category)
         by_layer, own = maps_by_layer(method, run, fusions, job.ratio(method))
@@ -219,8 +219,10 @@ def run(paths, weights, job, device, printout=None):
                     failed.add(number)
                     bar.write(f"skipped {made}", file=sys.stderr)
             by_explanation = [explain_batch(weights, good, job, device, *e) for e in explanations] if good else []
-            if job.compare and good:
-                scored += score_batch(weights, good, numbers, job, device, by_explanation)
+            whole = [k for k in range(len(good)) if all(results[k].not_finite() is None for results in by_explanation)]
+            if job.compare and whole:  # a picture with a map that is not finite is reported below, and not scored
+                scored += score_batch(weights, [good[k] for k in whole], [numbers[k] for k in whole], job, device,
+                                      [[results[k] for k in whole] for results in by_explanation])
             for number, results in zip(numbers, zip(*by_explanation)):  # each picture's explanations together
                 for result in results:
                     reason = result.not_finite()

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from .comparison import MIN_PICTURES, beyond
 from .curves import curves_svg
 from .labels import short_name, top
 from .model import ARCHITECTURES
@@ -37,7 +38,8 @@ RULE = ("Perturbation test (Chefer et al. 2021): the patches of the 14x14 grid a
         "picture included), is the AUC. Most relevant first (positive): a faithful map makes the "
         "probability fall fast, so lower is better. Least relevant first (negative): it should hold, so "
         "higher is better. A fusion is the most faithful for a picture where negative minus positive AUC "
-        "is largest; ties count for each.")
+        "is largest; ties count for each. A lead is clear where the 95% bootstrap interval of its paired "
+        "differences over the pictures lies above 0, as in the comparison (--compare).")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,27 @@ def finding(heading, entries):
     winner = f"{best[0]} fusion scored" if len(best) == 1 else f"{' and '.join(best)} fusion tied,"
     return (f"{heading}, over {count}, scored for {scored}: {winner} best, with a mean negative minus "
             f"positive AUC of {margin[best[0]]:.4f} (positive {positive:.4f}, negative {negative:.4f}) against "
-            f"{others}; it was the most faithful on {wins} of {len(entries)}.")
+            f"{others}; it was the most faithful on {wins} of {len(entries)}." + lead(entries, best[0]))
+
+
+def lead(entries, best):
+    """Whether the best fusion's lead over each other one is larger than chance over these
+    pictures, as the comparison judges a difference (comparison.beyond: the 95% bootstrap interval
+    of the paired, picture by picture, differences of negative minus positive AUC leaves out 0);
+    '' below comparison.MIN_PICTURES pictures."""
+    if len(entries) < MIN_PICTURES:
+        return ""
+    margins = lambda f: np.array([e.faithfulness[f]["negative_auc"] - e.faithfulness[f]["positive_auc"]
+                                  for e in entries])
+    others = [f for f in entries[0].faithfulness if f != best]
+    clear = [f for f in others if beyond(margins(best) - margins(f), +1)]
+    unclear = [f for f in others if f not in clear]
+    parts = [f"Its lead over {' and '.join(clear)} is clear: the 95% bootstrap interval of the paired "
+             "differences lies above 0"] if clear else []
+    if unclear:
+        parts.append((f"over {' and '.join(unclear)}, it is not" if clear else
+                      f"Its lead over {' and '.join(unclear)} is not clear") + ": these pictures cannot separate them")
+    return " " + "; ".join(parts) + "."
 
 
 def pictures(count):

@@ -60,16 +60,17 @@ def rank_correlation(a, b):
     return torch.where(both_constant, torch.ones_like(rho), rho)
 
 
-def randomisation_check(weights, pictures, method, categories, head_fusions, discard_ratio, seed=0):
+def randomisation_check(weights, pictures, method, categories, head_fusions, discard_ratio, seed=0,
+                        original=None):
     """(B, 3, 224, 224) pictures, Method ``method``, (B,) classes (None: a method that explains
     none) -> (L, B, R) rank correlations of each fusion's patch map (per-pixel maps summed per
     patch) with every block from the top down to block L - d random, d = 1..L, against the
-    original weights' map."""
+    original weights' map: ``original`` (B, R, G*G) where the caller has it, else made here."""
     def maps(w):
         _, by_fusion = explain(w, pictures, method, category=categories, head_fusions=head_fusions,
                                discard_ratio=discard_ratio)
         grids = patch_maps(method, by_fusion)
         return torch.stack([grids[f] for f in head_fusions], dim=1).flatten(-2)  # (B, R, G*G)
-    original = maps(weights)
+    original = maps(weights) if original is None else original
     return torch.stack([rank_correlation(maps(randomised(weights, depth, seed)), original)
                         for depth in range(1, len(weights["blocks"]) + 1)])

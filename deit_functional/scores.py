@@ -24,7 +24,7 @@ from .outputs import ratio_text
 from .pixel_relevance import patch_maps
 from .sanity import PICTURES as SANITY_PICTURES, randomisation_check
 
-RANDOM_SEEDS = 3  # each costs a map's ~47 forward passes per picture
+RANDOM_SEEDS = 3  # each costs a map's ~47 full forward passes per picture (evaluate.py)
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ METRICS = (
            "AUC of p(class), x = 0..1, from the blurred copy, as the most relevant patches are put back"),
     Metric("pointing", "pointing game", "higher", "share of pictures whose map peaks inside a box of the class"),
     Metric("mass", "relevance in boxes", "higher", "share of the map's positive relevance inside the boxes"),
-    Metric("randomisation", "rank corr., random model", "lower",
-           "Spearman correlation with the map once every block's weights are random (Adebayo et al.)"),
+    Metric("randomisation", "abs. rank corr., random model", "lower",
+           "|Spearman correlation| with the map once every block's weights are random (Adebayo et al.): "
+           "a map that keeps its ranking, or its reverse, did not need what the model learned"),
 )
 METRIC = {m.name: m for m in METRICS}
 
@@ -113,9 +114,10 @@ class Scored:
     scores: dict       # metric name -> value (NaN: not measured, e.g. no box)
     curves: dict = field(default_factory=dict)  # "patch", "token" over FRACTIONS, "blur" over WHOLE: (2, S)
     correlations: tuple = ()  # the randomisation check's rank correlations, 1..L blocks random
+    seed: int | None = None   # a random map's seed
 
 
-def predicted(weights, inputs):
+def predicted_classes(weights, inputs):
     """(B, 3, 224, 224) -> (B,) each picture's top class."""
     with torch.no_grad():
         return forward(weights, inputs)[0].argmax(dim=-1)
@@ -133,7 +135,7 @@ def target_name(category):
 
 
 def score_batch(weights, batch, numbers, job, device, by_explanation):
-    """A batch's results of every explanation [[PictureResult]] -> [comparison.Scored]: for each
+    """A batch's results of every explanation [[PictureResult]] -> [Scored]: for each
     class the comparison is for (each --category, or each picture's predicted one), every map,
     its inverted map and the random maps, scored by every metric, and each method's
     randomisation check (on the run's first sanity.PICTURES pictures)."""
@@ -155,22 +157,22 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
             scores, inverted, curves = map_scores(weights, inputs, grids, classes, masks)
             key = (method, None if not method.uses_gradient else category)
             if key not in checked and sane:
-                checked[key] = dict(zip(sane, randomisation_check(
-                    weights, inputs[sane], method, classes[sane] if method.uses_gradient else None, fusions,
-                    job.ratio(method)).cpu().numpy().transpose(1, 0, 2)))  # {b: (L, R)}
+                check = randomisation_check(weights, inputs[sane], method, classes[sane] if method.uses_gradient else None,
+                                            fusions, job.ratio(method), original=grids[sane].flatten(-2))
+                checked[key] = dict(zip(sane, check.cpu().numpy().transpose(1, 0, 2)))  # {b: (L, R)}
             for b, r in np.ndindex(grids.shape[:2]):
                 row = row_name(method, fusions[r], job.ratio(method))
                 rhos = tuple(checked[key][b][:, r].tolist()) if b in checked.get(key, {}) else ()
                 picture = str(batch[b][0])
                 entries.append(Scored(picture, target, row, "method",
                                       {**{m: float(v[b, r]) for m, v in scores.items()},
-                                       "randomisation": rhos[-1] if rhos else np.nan},
+                                       "randomisation": abs(rhos[-1]) if rhos else np.nan},
                                       {k: c[b, r] for k, c in curves.items()}, rhos))
                 entries.append(Scored(picture, target, f"inverted: {row}", "inverted",
                                       {m: float(v[b, r]) for m, v in inverted.items()}))
         randoms = random_maps(numbers).to(device)  # (B, seeds, G, G)
         scores, _, curves = map_scores(weights, inputs, randoms, classes, masks)
         entries += [Scored(str(batch[b][0]), target, f"random map ({RANDOM_SEEDS} seeds)", "random",
-                           {m: float(v[b, s]) for m, v in scores.items()}, {k: c[b, s] for k, c in curves.items()})
-                    for b, s in np.ndindex(randoms.shape[:2])]
+                           {m: float(v[b, s]) for m, v in scores.items()}, {k: c[b, s] for k, c in curves.items()},
+                           seed=s) for b, s in np.ndindex(randoms.shape[:2])]
     return entries

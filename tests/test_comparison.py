@@ -84,6 +84,17 @@ def test_the_inverted_map_s_curves_are_the_map_s_with_the_orders_swapped(weights
         assert np.allclose(evaluate.inverted(mine), theirs, atol=1e-6)
 
 
+def test_with_ties_the_inverted_map_s_curves_are_still_the_swapped_orders(weights, images):
+    """A map with many equal patches (as ReLU leaves): -map removes, most relevant first, exactly
+    what the map removes least relevant first."""
+    grids = torch.randint(0, 3, (1, 1, G, G), generator=torch.Generator().manual_seed(9)).float()
+    classes = torch.tensor([4])
+    mine, theirs = (evaluate.token_removal_curves(weights, images[:1], g, classes) for g in (grids, -grids))
+    assert np.array_equal(evaluate.inverted(mine), theirs)
+    removed = evaluate.removed(grids[0, 0], FRACTIONS, most_relevant_first=False)
+    assert torch.equal(removed, evaluate.removed(-grids[0, 0], FRACTIONS))
+
+
 def test_rank_correlation_is_scipy_s_spearman_with_ties():
     from scipy.stats import spearmanr
     a = torch.randint(0, 6, (5, 196), generator=torch.Generator().manual_seed(7)).double()
@@ -165,12 +176,12 @@ def test_boxes_without_compare_are_refused(tmp_path, capsys):
     assert result.returncode == 2 and "add --compare" in result.stderr
 
 
-SCENES = [(30, 120, 56), (130, 40, 60), (60, 30, 48), (100, 170, 52)]  # the red square's top, left, side
+SCENES = [(30, 120, 56), (130, 40, 60), (60, 30, 48), (100, 170, 52), (10, 20, 50)]  # the red square's top, left, side
 
 
 @pytest.fixture(scope="module")
 def planted_comparison(tmp_path_factory):
-    """gradient_rollout.py --compare on four planted scenes (a red square, and a blue one against
+    """gradient_rollout.py --compare on five planted scenes (a red square, and a blue one against
     the class), with the red squares' boxes; then a second, smaller comparison in the same folder."""
     from safetensors.torch import save_file
     folder = tmp_path_factory.mktemp("comparison")
@@ -238,7 +249,7 @@ def test_on_random_weights_the_comparison_says_where_maps_are_not_separable_from
     from safetensors.torch import save_file
     from timm_reference import random_timm_model
     save_file(random_timm_model(seed=3).state_dict(), tmp_path / "random.safetensors")
-    for k in range(3):
+    for k in range(5):
         Image.fromarray(np.random.default_rng(k).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"n{k}.png")
     result = run_here(capsys, ATTENTION, "--image", tmp_path, "--method", "raw-attention", "--compare",
                       "--weights", tmp_path / "random.safetensors", "--output-dir", tmp_path / "out", "-qq")
@@ -273,3 +284,36 @@ def test_method_all_compares_every_method_for_the_predicted_class(tmp_path, caps
         assert cells[row, "token-positive"]["target"] == "predicted class"
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert any("_grad-cam_" in n and "category" not in n for n in names)  # explained, for the top class
+
+
+def test_a_map_that_is_not_finite_is_not_scored(tmp_path, capsys, timm_model):
+    """Weights that overflow on every picture: each is skipped as without --compare, and no
+    comparison is written of maps that were never drawn."""
+    huge = dict(timm_model.state_dict())
+    huge["blocks.0.attn.qkv.weight"] = huge["blocks.0.attn.qkv.weight"] * 1e30
+    torch.save(huge, tmp_path / "huge.pth")
+    for k in range(2):
+        Image.fromarray(draw_scene(32, 32, [("red", 4 * k, 4, 12)])).save(tmp_path / f"{k}.png")
+    result = run_here(capsys, ATTENTION, "--image", tmp_path, "--method", "raw-attention", "--compare",
+                      "--weights", tmp_path / "huge.pth", "--output-dir", tmp_path / "out")
+    assert result.returncode == 1 and "not finite" in result.stderr
+    out = tmp_path / "out"
+    assert not out.exists() or not list(out.glob("comparison*"))
+
+
+def test_several_categories_make_a_table_each(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from planted import BLUE_CLASS
+    save_file(planted_state_dict(), tmp_path / "planted.safetensors")
+    Image.fromarray(draw_scene(100, 100, [("red", 10, 10, 30), ("blue", 60, 60, 30)])).save(tmp_path / "a.png")
+    result = run_here(capsys, GRADIENT, "--image", tmp_path / "a.png", "--category", RED_CLASS, BLUE_CLASS,
+                      "--method", "grad-cam", "--compare", "--weights", tmp_path / "planted.safetensors",
+                      "--output-dir", tmp_path / "out", "-qq")
+    assert result.returncode == 0, result.stderr
+    cells = cells_of(tmp_path / "out" / "comparison.csv")
+    with open(tmp_path / "out" / "comparison.csv", newline="") as f:
+        targets = {r["target"] for r in csv.DictReader(f)}
+    assert targets == {f"class {RED_CLASS} (African grey)", f"class {BLUE_CLASS} (Samoyed)"}
+    assert ("Grad-CAM", "randomisation") in cells
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert markdown.count("| Grad-CAM |") == 4  # each table, and each depth table

@@ -102,6 +102,18 @@ def test_readme_s_comparison_rows_are_those_of_docs_comparison():
                 assert whole[row[0]][column[name]].split(" ")[0] == value, (row[0], name)
 
 
+def test_the_walkthrough_quotes_docs_comparison_s_numbers():
+    header, rows = markdown_table((ROOT / "docs" / "comparison.md").read_text(), "## class 87")
+    column = {h.split(" (")[0]: k for k, h in enumerate(header)}
+    whole = {row[0]: row for row in rows}
+    mean = lambda row, metric: whole[row][column[metric]].split(" ")[0]
+    quoted = re.search(r"Gradient Rollout's deletion ([\d.]+) against the random map's ([\d.]+), where token "
+                       r"removal gives ([\d.]+) against ([\d.]+)", WALKTHROUGH).groups()
+    true, random = "Gradient Rollout, mean, discard 0.9", "random map (3 seeds)"
+    assert quoted == (mean(true, "deletion"), mean(random, "deletion"), mean(true, "token removal, most first"),
+                      mean(random, "token removal, most first"))
+
+
 def test_the_docs_describe_the_methods_as_their_one_table_does():
     """The walkthrough's tables, row by row, against METHODS and the rollouts' rows, and the
     names README gives the methods."""

@@ -32,12 +32,13 @@ import warnings
 
 import numpy as np
 import pytest
-import quantus
 import scipy.stats
 import torch
 from torch import nn
 
 import deit_functional
+
+quantus = pytest.importorskip("quantus", reason="the test extra's Quantus 0.6.0: pip install -e '.[test]'")
 from deit_functional import model as deit_model
 from deit_functional import sanity
 from deit_functional.evaluate import FRACTIONS, removal_curves

@@ -42,11 +42,20 @@ def test_the_finding_names_the_best_fusion_in_the_runs_numbers_and_says_when_the
     # margins: mean (0.8 + 0.4) / 2 = 0.6, min 0.25, max 0.4
     assert said == ("Gradient Rollout, over 2 pictures, scored for the class explained: mean fusion scored best, with "
                     "a mean negative minus positive AUC of 0.6000 (positive 0.1500, negative 0.7500) against 0.2500 "
-                    "(min), 0.4000 (max); it was the most faithful on 1 of 2.")  # max on the second
+                    "(min), 0.4000 (max); it was the most faithful on 1 of 2.")  # max on the second; too few to judge a lead
     tied = entries_of({"mean": scores(0.1, 0.5), "max": scores(0.2, 0.6)}, method="attention")
     assert finding("Attention Rollout", tied) == ("Attention Rollout, over 1 picture, scored for each picture's top "
                                                   "class: the fusions tied, each with a mean negative minus positive "
                                                   "AUC of 0.4000.")
+
+
+def test_the_finding_says_whether_the_best_fusion_s_lead_is_beyond_chance():
+    """Five pictures: mean leads min on every one, max on three of five (comparison.beyond)."""
+    entries = entries_of(*({"mean": scores(0.1, 0.9), "min": scores(0.3, 0.6), "max": scores(0.1 + d, 0.9)}
+                           for d in (0.1, -0.05, 0.1, -0.05, 0.1)))
+    said = finding("Gradient Rollout", entries)
+    assert said.endswith("Its lead over min is clear: the 95% bootstrap interval of the paired differences lies "
+                         "above 0; over max, it is not: these pictures cannot separate them.")
 
 
 @pytest.fixture(scope="module")
