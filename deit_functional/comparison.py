@@ -227,7 +227,8 @@ def html_page(by_target, title):
              f"<title>{e_(title)}</title><style>body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}}"
              "td,th{padding:.2em .6em;border-bottom:1px solid #ddd}td.n{text-align:right;"
              "font-variant-numeric:tabular-nums;white-space:nowrap}table{border-collapse:collapse}"
-             "td.best{font-weight:bold}td.worse{color:#999}.curves{display:flex;flex-wrap:wrap;gap:1em}</style>"
+             "td.best{font-weight:bold}td.worse{color:#999}td:first-child{min-width:16em}"
+             ".curves{display:flex;flex-wrap:wrap;gap:1em}</style>"
              "</head><body>", f"<h1>{e_(title)}</h1>",
              f"<p>{e_(how(by_target))}</p>"]
     for target, entries in by_target.items():

@@ -29,7 +29,7 @@ def curves_svg(evaluation, class_name):
                          f'{scores[order + "_auc"]:.3f}</text>')
         last = max(scores["fractions"][-1] for scores in evaluation.values())
         height = max(HEIGHT + 60, 24 + 16 * len(evaluation))  # room for every line's label,
-        width = WIDTH + max(210, 70 + 7 * max(map(len, evaluation)))  # at about 7 units a letter
+        width = WIDTH + max(210, 60 + 7 * (max(map(len, evaluation)) + len(": AUC 0.000")))  # ~7 units a letter
         plots.append(
             f'<svg class="{order}" width="{width}" height="{height}" '
             f'viewBox="-50 -24 {width} {height}" font-size="12" role="img" '

@@ -34,9 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from .comparison import write_comparison
 from .console import Printout
@@ -165,8 +164,8 @@ def run(paths, weights, job, device, printout=None):
         if disk_full.is_set():
             return None  # dropped: the run is stopping
         try:
-            names_ = names[result.method, _asked(result, job.categories)]
-            files, notes = write(result, endings, names_, targets, job.look)
+            named = names[result.method, _asked(result, job.categories)]
+            files, notes = write(result, endings, named, targets, job.look)
             return files, notes, report_entry(result, files["overlay"]) if job.report else None
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -233,8 +232,8 @@ def run(paths, weights, job, device, printout=None):
                         continue
                     predicted.setdefault((number, result.category), result)
                     endings = file_endings(result, job.save_grid, job.per_layer)
-                    # in picture order
-                    targets = names[result.method, _asked(result, job.categories)].claim(result.path, endings)
+                    named = names[result.method, _asked(result, job.categories)]
+                    targets = named.claim(result.path, endings)  # in picture order
                     writes.append((number, result, writers.submit(write_unless_full, result, endings, targets)))
             if not overlap_model:
                 decoding = decode(following)
