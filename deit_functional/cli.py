@@ -197,7 +197,10 @@ def parser_for(methods):
                                                    "each picture's predicted class (which the class-specific "
                                                    "methods of --method all explain)")
                         + "; it costs about 47 forward passes per map and picture, and the sanity check, "
-                          f"on the run's first {SANITY_PICTURES} pictures, 12 more runs of each method")
+                          "on the run's first --sanity-pictures, 12 more runs of each method")
+    p.add_argument("--sanity-pictures", type=bounded(int, 0, float("inf"), "not a whole number >= 0"),
+                   metavar="N", help="--compare's randomisation check runs on the run's first N pictures, "
+                                     f"0 for none (default: {SANITY_PICTURES})")
     p.add_argument("--boxes", type=path, metavar="FILE",
                    help="the objects' boxes, for --compare's localisation scores: a CSV with the header "
                         "picture,class,x0,y0,x1,y1 or a JSON list of {picture, class, box: [x0, y0, x1, y1]}, "
@@ -303,6 +306,8 @@ def job_from(args):
     compare = args.compare or every
     if args.boxes is not None and not compare:
         raise UsageError("--boxes gives --compare its localisation scores: add --compare (or --method all)")
+    if args.sanity_pictures is not None and not compare:
+        raise UsageError("--sanity-pictures sets --compare's randomisation check: add --compare (or --method all)")
     try:
         boxes = read_boxes(args.boxes) if args.boxes is not None else None
     except BoxesError as error:
@@ -314,7 +319,9 @@ def job_from(args):
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
                discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=args.batch_size,
                per_layer=args.per_layer, html=args.html, report=args.report,
-               evaluate=args.evaluate or args.report, compare=compare, boxes=boxes, save_grid=args.save_grid,
+               evaluate=args.evaluate or args.report, compare=compare, boxes=boxes,
+               sanity_pictures=SANITY_PICTURES if args.sanity_pictures is None else args.sanity_pictures,
+               save_grid=args.save_grid,
                model=args.model,
                look=Look(args.overlay, args.alpha), quiet=args.quiet)
 

@@ -43,6 +43,7 @@ from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
 from .model import ARCHITECTURES, DEFAULT_MODEL
+from .sanity import PICTURES as SANITY_PICTURES
 from .scores import predicted_classes, score_batch
 from .drawing import Look
 from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
@@ -65,6 +66,7 @@ class Job:
     evaluate: bool = False        # also the perturbation test of every map (evaluate.py)
     compare: bool = False         # also score every map by every metric: comparison.md, .html, .csv
     boxes: dict | None = None     # the objects' boxes, for the comparison's localisation (localisation.read_boxes)
+    sanity_pictures: int = SANITY_PICTURES  # the comparison's randomisation check runs on the first this many
     save_grid: bool = False       # also the (G, G) map as .npy
     model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES, which the weights are of
     look: Look = Look()           # how the result figures draw the maps

@@ -22,7 +22,7 @@ from .localisation import box_mask
 from .model import forward
 from .outputs import ratio_text
 from .pixel_relevance import patch_maps
-from .sanity import PICTURES as SANITY_PICTURES, randomisation_check
+from .sanity import randomisation_check
 
 RANDOM_SEEDS = 3  # each costs a map's ~47 full forward passes per picture (evaluate.py)
 
@@ -138,10 +138,10 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
     """A batch's results of every explanation [[PictureResult]] -> [Scored]: for each
     class the comparison is for (each --category, or each picture's predicted one), every map,
     its inverted map and the random maps, scored by every metric, and each method's
-    randomisation check (on the run's first sanity.PICTURES pictures)."""
+    randomisation check (on the run's first job.sanity_pictures pictures)."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
     entries, checked = [], {}
-    sane = [b for b, number in enumerate(numbers) if number < SANITY_PICTURES]  # the pictures checked
+    sane = [b for b, number in enumerate(numbers) if number < job.sanity_pictures]  # the pictures checked
     for category in job.categories or (None,):
         classes = torch.tensor([r.category for r in by_explanation[0]] if category is None else [category] * len(batch),
                                device=device)  # (B,) the class each picture is scored for
