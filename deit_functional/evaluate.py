@@ -35,7 +35,7 @@ from .model import G, P, forward
 
 FRACTIONS = tuple(i / 10 for i in range(10))   # 0 (nothing removed), 0.1, ..., 0.9: Chefer's x-range
 WHOLE = tuple(i / 10 for i in range(11))       # 0, 0.1, ..., 1: deletion's and insertion's
-CHUNK = 64          # inputs per forward pass: more gains nothing on the CPU and holds more memory
+CHUNK = 64  # inputs per forward pass: on 2 CPU cores 8 to 64 cost alike per input (27-43 ms), more holds more memory
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
 
 
