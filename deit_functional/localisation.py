@@ -18,10 +18,10 @@ import math
 from pathlib import Path
 
 import torch
-from einops import repeat
 
 from .labels import class_index
-from .model import IMAGE_SIZE, P
+from .model import IMAGE_SIZE
+from .pixel_relevance import patch_pixels
 
 
 class BoxesError(ValueError):
@@ -80,16 +80,11 @@ def box_mask(boxes, category, height, width):
     return mask if mask.any() else None
 
 
-def pixels(grids):
-    """(..., G, G) patch maps -> (..., 224, 224): each patch's value on its pixels."""
-    return repeat(grids, "... gh gw -> ... (gh ph) (gw pw)", ph=P, pw=P)
-
-
 def pointing_game(grids, masks):
     """(B, R, G, G) maps, (B, 224, 224) masks -> (B, R) float: 1 where the map's peak is inside a
     box, else 0. The peak is every pixel of the largest value (a patch map's peak patch, or
     several where they tie): a hit where any of them is in a box, as Quantus counts."""
-    values = pixels(grids).flatten(-2)
+    values = patch_pixels(grids).flatten(-2)
     peak = values == values.amax(dim=-1, keepdim=True)
     return (peak & masks.flatten(-2)[:, None]).any(dim=-1).double()
 
@@ -98,7 +93,7 @@ def relevance_mass(grids, masks):
     """(B, R, G, G) maps, (B, 224, 224) masks -> (B, R): the share of the map's positive relevance
     that lies in the boxes, sum over the box's pixels over the sum over all (0 where the map has
     no positive relevance)."""
-    positive = pixels(grids).clamp_min(0).flatten(-2).double()
+    positive = patch_pixels(grids).clamp_min(0).flatten(-2).double()
     inside = (positive * masks.flatten(-2)[:, None].double()).sum(-1)
     total = positive.sum(-1)
     return inside / total.where(total > 0, torch.ones_like(total))

@@ -7,7 +7,7 @@ colour channels, one value per pixel of the model's input; signed, as relevance 
 speaks against the class). Where a patch grid is needed (the perturbation test, the saved grid),
 ``patch_sums`` adds up each patch's pixels.
 """
-from einops import reduce
+from einops import reduce, repeat
 
 from .model import P
 
@@ -23,6 +23,12 @@ def pixel_relevance(run, head_fusion="none"):
 def patch_sums(pixels):
     """(..., 224, 224) a value per pixel -> (..., G, G) the sum over each P x P patch."""
     return reduce(pixels, "... (gh ph) (gw pw) -> ... gh gw", "sum", ph=P, pw=P)
+
+
+def patch_pixels(grids):
+    """(..., G, G) a value per patch -> (..., 224, 224): each patch's value on its P x P pixels
+    (patch_sums' other way)."""
+    return repeat(grids, "... gh gw -> ... (gh ph) (gw pw)", ph=P, pw=P)
 
 
 def patch_maps(method, maps):

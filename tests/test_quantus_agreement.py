@@ -44,17 +44,9 @@ from deit_functional import sanity
 from deit_functional.evaluate import FRACTIONS, removal_curves
 from deit_functional.localisation import box_mask, pointing_game, relevance_mass
 from deit_functional.methods import METHODS
+from test_field_methods import in_float64
 
 RAW = dict(abs=False, normalise=False, return_aggregate=False, disable_warnings=True, display_progressbar=False)
-
-
-def in_float64(tree):
-    """The package's nested weights dict, every tensor cast to float64."""
-    if isinstance(tree, dict):
-        return {k: in_float64(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [in_float64(v) for v in tree]
-    return tree.double() if torch.is_tensor(tree) else tree
 
 
 def upsampled(maps):
