@@ -48,14 +48,14 @@ LEGRAD_LAYERS = 2           # LeGrad sums the last two layers' maps, as its code
 
 def raw_attention(run, head_fusion="mean"):
     """fuse_h(A_L), CLS row -> (B, G, G)."""
-    return to_grid(fuse_heads(run.attentions[-1][:, :, 0], head_fusion))
+    return to_grid(fuse_heads(run.attentions[-1][:, :, 0], head_fusion), run.prefix)
 
 
 def grad_sam(run, head_fusion="mean"):
     """mean_l fuse_h(A_l ⊙ ReLU(∇A_l)), CLS row -> (B, G, G)."""
     rows = [fuse_heads(a[:, :, 0] * g[:, :, 0].clamp_min(0), head_fusion)  # (B, N) each
             for a, g in zip(run.attentions, run.gradients)]
-    return to_grid(torch.stack(rows).mean(dim=0))
+    return to_grid(torch.stack(rows).mean(dim=0), run.prefix)
 
 
 def tam(run, head_fusion="mean"):
@@ -64,7 +64,7 @@ def tam(run, head_fusion="mean"):
     state = run.attentions[-1].mean(dim=1)[:, 0]  # (B, N)
     for a in reversed(run.attentions[:-1]):
         state = einsum(state, a.mean(dim=1), "b i, b i j -> b j") + state
-    return to_grid(integrated_weight(run) * state)
+    return to_grid(integrated_weight(run) * state, run.prefix)
 
 
 def integrated_weight(run):
@@ -86,11 +86,11 @@ def beyond_intuition(run, head_fusion="weighted"):
     layers = [einsum(head_importance(a, g), a, "b h, b h i j -> b i j")
               for a, g in list(zip(run.attentions, run.gradients))[BEYOND_INTUITION_START - 1:]]
     row = cls_row_of_product(layers, renormalise=False)  # row 0 of (I + Ā_L) ... (I + Ā_s), (B, N)
-    return to_grid(integrated_weight(run) * row)
+    return to_grid(integrated_weight(run) * row, run.prefix)
 
 
 def legrad(run, head_fusion="mean"):
     """Σ over the layers the run read out (the last LEGRAD_LAYERS) of mean_rows fuse_h(ReLU(∂s_l/∂A_l)) -> (B, G, G)."""
     columns = [fuse_heads(g.clamp_min(0), head_fusion).mean(dim=1)  # (B, N): each column's mean over the rows
                for g in run.read_out_gradients]
-    return to_grid(torch.stack(columns).sum(dim=0))
+    return to_grid(torch.stack(columns).sum(dim=0), run.prefix)

@@ -16,16 +16,17 @@ import torch
 from .console import Printout, names_printable
 from .images import ImageError
 from .drawing import BACKDROPS, Look
-from .labels import class_index
+from .architectures import KNOWN, ArchitectureError, architecture
+from .labels import class_index, feature_names, named, read_labels
 from .localisation import BoxesError, read_boxes
 from .sanity import PICTURES as SANITY_PICTURES
 from .scores import RANDOM_SEEDS
-from .model import ARCHITECTURES, C, DEFAULT_MODEL
+from .model import C, DEFAULT_MODEL, READ_OUTS
 from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
 from .methods import INPUT_STEPS, METHODS, STEPS
 from .rollout import HEAD_FUSIONS
-from .weights import WEIGHTS_VARIABLE, WeightsError, load_weights
+from .weights import WEIGHTS_VARIABLE, WeightsError, load_weights, with_read_out
 
 # what --evaluate adds, measured in bench/README.md ("What --evaluate costs")
 EVALUATE_COST = ("on 2 CPU cores about 0.8 s more per picture with one fusion, 2 s with all three, where a "
@@ -69,12 +70,18 @@ def listed(parse):
     return parse_list
 
 
-def category(text):
-    """An argparse type: an ImageNet class by index or name (labels.class_index)."""
+def model_name(text):
+    """An argparse type: timm's name of a ViT this forward runs (architectures.architecture)."""
     try:
-        return class_index(text)
-    except ValueError as error:
+        architecture(text)
+    except ArchitectureError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+# Flow's cost grows as the cube of the tokens (N max-flow problems on a graph of L N^2 edges):
+# DeiT-tiny's 197 tokens take about a second per picture; above this many it is refused.
+FLOW_TOKENS = 600
 
 
 discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
@@ -104,10 +111,11 @@ def parser_for(methods):
                    help="picture file(s) or folder(s) of pictures "
                         f"({', '.join(sorted(s[1:] for s in PICTURE_SUFFIXES))})")
     if default.uses_gradient:
-        p.add_argument("--category", type=listed(category), nargs="+", required=True, metavar="CLASS",
+        p.add_argument("--category", type=listed(str), nargs="+", required=True, metavar="CLASS",
                        help=f"ImageNet class(es) to explain, each by index 0..{C - 1} or by name, "
                             "case-insensitive, any unique start of one of its names (e.g. 87 or 'african grey', "
-                            "258 or samoyed); several, each explained in turn: 87 258 or 87,258")
+                            "258 or samoyed), or of the --labels file's names; for a model without a classifier "
+                            "(DINO, DINOv2) a feature index; several, each explained in turn: 87 258 or 87,258")
     else:  # refused in check_applies, with a line that says where a class's map comes from
         p.add_argument("--category", nargs="+", help=argparse.SUPPRESS)
     p.set_defaults(class_specific=default.uses_gradient)
@@ -153,9 +161,16 @@ def parser_for(methods):
                         f"(e.g. facebook/deit-tiny-patch16-224's); default: the file ${WEIGHTS_VARIABLE} "
                         "names, else the pretrained weights from a local cache (the DeiT release's, timm's "
                         "or transformers'), else timm's, downloaded (README: Weights)")
-    p.add_argument("--model", choices=list(ARCHITECTURES), default=DEFAULT_MODEL, metavar="NAME",
-                   help="which DeiT to explain, by timm's name: " + ", ".join(ARCHITECTURES) + " (with "
-                        "3, 6 and 12 heads per layer; default: %(default)s, the homework's)")
+    p.add_argument("--model", type=model_name, default=DEFAULT_MODEL, metavar="NAME",
+                   help="which ViT to explain, by timm's name; checked: " + ", ".join(KNOWN) + " (default: "
+                        "%(default)s, the homework's); its input size, mean and std are the checkpoint's own")
+    p.add_argument("--labels", type=path, metavar="FILE",
+                   help="the class names of a fine-tuned head, one per line, as many as the head has classes "
+                        "(default: ImageNet's 1000)")
+    p.add_argument("--read-out", choices=READ_OUTS, metavar="TOKEN",
+                   help="a distilled DeiT's prediction, which gradients explain: mean (of the class and the "
+                        "distillation token's heads; timm's, the default), cls or dist (one head); the maps "
+                        "always read the class token's row")
     p.add_argument("--output-dir", type=path, default=Path("results"), metavar="DIR",
                    help="folder for the results, created if missing; existing files are never "
                         "overwritten (default: ./%(default)s)")
@@ -315,7 +330,7 @@ def job_from(args):
     if args.steps:
         chosen = tuple(m.with_steps(args.steps) if m.steps else m for m in chosen)
     fusion = args.head_fusion or ("all" if args.report else "mean")
-    return Job(methods=chosen, categories=flat(getattr(args, "category", None) or []),
+    return Job(methods=chosen, categories=flat(categories(args)),
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
                discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=args.batch_size,
                per_layer=args.per_layer, html=args.html, report=args.report,
@@ -324,6 +339,56 @@ def job_from(args):
                save_grid=args.save_grid,
                model=args.model,
                look=Look(args.overlay, args.alpha), quiet=args.quiet)
+
+
+def class_names_of(args):
+    """The names of the outputs the run explains: the --labels file's, a model without a
+    classifier's features, or ImageNet's (None)."""
+    a = architecture(args.model)
+    if args.labels is not None:
+        try:
+            return read_labels(args.labels)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    return feature_names(a.D) if a.classes == 0 else None
+
+
+def categories(args):
+    """--category's texts -> class indices, by the run's names (class_names_of)."""
+    with named(class_names_of(args)):
+        try:
+            return [[class_index(text) for text in items] for items in getattr(args, "category", None) or []]
+        except ValueError as error:
+            raise UsageError(f"argument --category: {error}") from None
+
+
+def check_model(args, methods, weights):
+    """Refuse what ``weights`` (of --model) cannot do, in one line each: a --labels file of
+    another size than the head, a class beyond it, a read-out without two heads, probabilities
+    of a model without a classifier, Attention Flow on too many tokens."""
+    a = weights["architecture"]
+    title = f"{a.title} ({args.model})"
+    if args.labels is not None and a.classes == 0:
+        raise UsageError(f"--labels: {title} has no classifier; give --weights a checkpoint with a head")
+    names = class_names_of(args)
+    outputs = a.classes or a.D
+    if names is not None and len(names) != outputs:
+        raise UsageError(f"--labels {args.labels}: {len(names)} names, but the head of these weights has "
+                         f"{a.classes} classes")
+    if names is None and a.classes != C:
+        raise UsageError(f"--weights: a head of {a.classes} classes, not ImageNet's {C}: name them with --labels FILE")
+    if args.read_out is not None and "head_dist" not in weights:
+        raise UsageError(f"--read-out: {title} has one head, on its class token; only a distilled DeiT has two")
+    if a.classes == 0 and (args.evaluate or args.compare or args.report or ALL in flat_items(args.method)):
+        raise UsageError(f"{title} has no classifier (its output is its {a.D} features), so there is no class "
+                         "probability to evaluate or compare by; fine-tune a head and pass it with --weights")
+    if a.N > FLOW_TOKENS and any(m.name == "flow" for m in methods):
+        raise UsageError(f"--method flow: {title} has {a.N} tokens; Attention Flow's cost grows as their cube "
+                         f"(about {(a.N / 197) ** 3:.0f} times DeiT-tiny's ~1 s per picture): choose rollout")
+
+
+def flat_items(lists):
+    return [item for items in lists for item in items]
 
 
 def available(methods):
@@ -396,11 +461,14 @@ def _main(methods, argv):
         check_output_dir(args.output_dir)
         device = check_device(args.device)
         weights = load_weights(args.weights, device=device, model=job.model)
+        check_model(args, job.methods, weights)
+        weights = with_read_out(weights, args.read_out or "mean")
         if ALL in (item for items in args.method for item in items):  # every check passed: say what is left out
             for method in METHODS.values():
                 if unavailable(method):
                     print(f"--method all: leaving out {method.option}: {unavailable(method)}", file=sys.stderr)
-        failures = run(paths, weights, job, device, printout)  # raises ImageError if the one picture is unreadable
+        with named(class_names_of(args)):
+            failures = run(paths, weights, job, device, printout)  # raises ImageError if the one picture is unreadable
     except (UsageError, WeightsError, ImageError, ImportError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2
     except DiskFull as error:

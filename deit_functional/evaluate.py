@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .model import G, forward
+from .model import G, P, forward
 from .pixel_relevance import patch_pixels
 
 FRACTIONS = tuple(i / 10 for i in range(10))   # 0 (nothing removed), 0.1, ..., 0.9: Chefer's x-range
@@ -74,7 +74,7 @@ def removed(grids, fractions, most_relevant_first=True):
 def removal_masks(grid, fractions=FRACTIONS, most_relevant_first=True):
     """(G, G) map -> (S, 224, 224) keep-masks: 0 on the removed patches, 1 elsewhere."""
     keep = (~removed(grid, fractions, most_relevant_first)).float()
-    return patch_pixels(rearrange(keep, "s (gh gw) -> s gh gw", gh=G))
+    return patch_pixels(rearrange(keep, "s (gh gw) -> s gh gw", gh=grid.shape[-1]), grid.shape[-1] * P)
 
 
 def in_chunks(probabilities_of, count):
@@ -110,7 +110,7 @@ def removal_curves(weights, pictures, grids, categories, fractions=FRACTIONS, ba
 
     def probabilities(rows):
         which = picture[rows]
-        mask = patch_pixels(rearrange(gone[rows], "k (gh gw) -> k 1 gh gw", gh=G))
+        mask = patch_pixels(rearrange(gone[rows], "k (gh gw) -> k 1 gh gw", gh=grids.shape[-1]), pictures.shape[-1])
         inputs = pictures[which] + mask * (baseline[which] - pictures[which])
         return class_probability(weights, inputs, categories[which])
 

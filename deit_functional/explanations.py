@@ -99,9 +99,9 @@ def maps_by_layer(method, run, head_fusions, discard_ratio):
         through = {}
         for f in head_fusions:
             layers = layer_maps(spec, run.attentions, run.gradients, f, discard_ratio)
-            earlier = by_layer(spec.combine, layers[:-1], spec.renormalise)  # through layers 1..l, l < L
-            whole = (rolled_out(spec, run.attentions, run.gradients, f, discard_ratio)
-                     if fast_form_serves(spec, run.attentions, f) else spec.combine(layers, spec.renormalise))
+            earlier = by_layer(spec.combine, layers[:-1], spec.renormalise, run.prefix)  # through layers 1..l, l < L
+            whole = (rolled_out(spec, run.attentions, run.gradients, f, discard_ratio, run.prefix)
+                     if fast_form_serves(spec, run.attentions, f) else spec.combine(layers, spec.renormalise, run.prefix))
             through[f] = torch.cat([earlier, whole[None]])
-        own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0]) for a in run.attentions]) for f in head_fusions}
+        own = {f: torch.stack([to_grid(fuse_heads(a, f)[:, 0], run.prefix) for a in run.attentions]) for f in head_fusions}
     return through, own

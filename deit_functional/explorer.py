@@ -23,7 +23,7 @@ import numpy as np
 
 from .curves import curves_svg
 from .labels import short_name, top
-from .model import ARCHITECTURES
+from .architectures import architecture
 
 SIDE = 448  # the picture's longer side on the page, in pixels
 
@@ -62,7 +62,8 @@ def page_data(result):
         "file": result.path.name,
         "method": method.title + (f" for class {result.category}, {short_name(result.category)}"
                                   if method.uses_gradient else ""),
-        "model": ARCHITECTURES[result.model].title, "layers": L, "heads": H, "tokens": N, "grid": round((N - 1) ** 0.5),
+        "model": architecture(result.model).title, "layers": L, "heads": H, "tokens": N,
+        "prefix": architecture(result.model).prefix, "grid": architecture(result.model).G,
         "fusions": list(result.layers),
         "by_layer": {f: _b64(np.rint(np.asarray(by_layer, np.float32) * 255).astype(np.uint8))
                      for f, (by_layer, _) in result.layers.items()},
@@ -78,7 +79,7 @@ def explorer_page(result):
     """A PictureResult with ``attentions`` and ``layers`` -> the explorer page, as text."""
     data = json.dumps(page_data(result), separators=(",", ":")).replace("</", "<\\/")  # no "</script>"
     before, after = PAGE.split("DATA", 1)
-    title = html.escape(f"{result.path.name}: where {ARCHITECTURES[result.model].title} looks")
+    title = html.escape(f"{result.path.name}: where {architecture(result.model).title} looks")
     return before.replace("TITLE", title, 1) + data + after
 
 
@@ -147,7 +148,7 @@ shown is within half a step (its row's largest entry / 510) of the model's, a ma
 "use strict";
 const D = DATA;
 const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-const L = D.layers, H = D.heads, N = D.tokens, G = D.grid;
+const L = D.layers, H = D.heads, N = D.tokens, G = D.grid, P0 = D.prefix;  // P0: the tokens before the patches
 const codes = bytes(D.attention), step = new Float32Array(bytes(D.step).buffer);
 const maps = Object.fromEntries(D.fusions.map((f) => [f, bytes(D.by_layer[f])]));
 const state = { layer: L, fusion: D.fusions[0], token: 0, hover: null, colour: false };  // hover: [panel, row, column]
@@ -158,7 +159,7 @@ const value = (l, h, i, j) => { const row = ((l - 1) * H + h) * N + i; return co
 const FUSE = { mean: (v) => v.reduce((a, b) => a + b) / v.length, min: (v) => Math.min(...v), max: (v) => Math.max(...v) };
 const fused = (l, i, j) => FUSE[state.fusion]([...Array(H).keys()].map((h) => value(l, h, i, j)));
 const jet = (x) => [3, 2, 1].map((c) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * x - c)))));
-const tokenName = (t) => t === 0 ? "the class token" : `patch (${Math.floor((t - 1) / G)}, ${(t - 1) % G})`;
+const tokenName = (t) => t === 0 ? "the class token" : `patch (${Math.floor((t - P0) / G)}, ${(t - P0) % G})`;
 
 const picture = new Image();
 const width = () => Math.round(picture.width), height = () => Math.round(picture.height);
@@ -179,10 +180,10 @@ function draw(canvas, grid, smooth) {  // grid: G*G values, drawn scaled to thei
   ctx.imageSmoothingEnabled = smooth;
   ctx.drawImage(cells, 0, 0, canvas.width, canvas.height);
   ctx.globalAlpha = 1;
-  if (state.token > 0) {  // the chosen patch, outlined
+  if (state.token >= P0) {  // the chosen patch, outlined
     const w = canvas.width / G, h = canvas.height / G;
     ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
-    ctx.strokeRect(((state.token - 1) % G) * w, Math.floor((state.token - 1) / G) * h, w, h);
+    ctx.strokeRect(((state.token - P0) % G) * w, Math.floor((state.token - P0) / G) * h, w, h);
   }
 }
 
@@ -206,7 +207,7 @@ function render() {
   draw(main, Array.from(map, (q) => q / 255), true);
   panels.forEach((panel, p) => {
     panel.caption.textContent = p < H ? panel.name : `fused (${fusion})`;
-    draw(panel.canvas, [...Array(G * G).keys()].map((k) => panel.row(layer, token, k + 1)), false);
+    draw(panel.canvas, [...Array(G * G).keys()].map((k) => panel.row(layer, token, k + P0)), false);
   });
   const toCls = panels.map((panel, p) => `${p < H ? panel.name : fusion} ${panel.row(layer, token, 0).toFixed(4)}`);
   $("to-cls").textContent = `Attention to the class token: ${toCls.join(", ")}`;
@@ -215,7 +216,7 @@ function render() {
 
 function showReadout() {  // the values under the mouse, for the layer, token and fusion chosen now
   if (!state.hover) return;
-  const [r, c] = state.hover, j = 1 + r * G + c;
+  const [r, c] = state.hover, j = P0 + r * G + c;
   const values = panels.map((panel, p) => `${p < H ? panel.name : state.fusion} ${panel.row(state.layer, state.token, j).toFixed(4)}`);
   $("readout").textContent = `layer ${state.layer}, ${tokenName(state.token)} \\u2192 patch (${r}, ${c}): ${values.join(", ")}`;
 }
@@ -240,7 +241,7 @@ picture.onload = () => {
     figure.append(panel.canvas, panel.caption);
     $("heads").append(figure);
   }
-  main.addEventListener("click", (event) => { const [r, c] = patchAt(main, event); state.token = 1 + r * G + c; render(); });
+  main.addEventListener("click", (event) => { const [r, c] = patchAt(main, event); state.token = P0 + r * G + c; render(); });
   $("cls").addEventListener("click", () => { state.token = 0; render(); });
   $("layer").addEventListener("input", (event) => { state.layer = Number(event.target.value); render(); });
   $("fusion").addEventListener("change", (event) => { state.fusion = event.target.value; render(); });

@@ -1,11 +1,16 @@
-"""Pictures in: decode any common image file and make DeiT's input tensor from it.
+"""Pictures in: decode any common image file and make a ViT's input tensor from it.
 
-How a picture is fit to 224x224: the *whole* picture is resized (bicubic, antialiased) to
-224x224, aspect ratio not kept. timm's eval transform instead resizes the short side to 248 and
-centre-crops 224, which hides the picture's borders from the model -- and then no explanation
-can be drawn over them. Resizing the whole picture makes every pixel of the original sit under
-exactly one patch, so the 14x14 map stretches back over the original pixel for pixel. The cost
-is a mild stretch of non-square pictures, the convention of the rollout tools users know.
+The input's size, the normalisation's mean and std and the interpolation are the checkpoint's
+own (its timm pretrained_cfg, in architectures.Architecture): DeiT's 224 and ImageNet
+statistics, ViT's mean = std = 0.5, DINOv2's 518.
+
+How a picture is fit to 224x224 (or the model's size): the *whole* picture is resized (bicubic,
+antialiased), aspect ratio not kept. timm's eval transform instead resizes the short side to
+224 / crop_pct (248) and centre-crops 224, which hides the picture's borders from the model --
+and then no explanation can be drawn over them. So crop_pct is read but not applied. Resizing
+the whole picture makes every pixel of the original sit under exactly one patch, so the 14x14
+map stretches back over the original pixel for pixel. The cost is a mild stretch of non-square
+pictures, the convention of the rollout tools users know.
 """
 import re
 
@@ -14,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .model import IMAGE_SIZE, P
+from .architectures import IMAGENET, architecture
+from .model import DEFAULT_MODEL, P
 
-# The pretrained data config of timm's deit_tiny_patch16_224 (ImageNet statistics), kept here so
+# The pretrained data config of timm's deit_tiny_patch16_224 (ImageNet statistics), recorded so
 # a run need not import timm; tests/test_images.py asserts they equal timm's.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET
 INTERPOLATION = "bicubic"
 
 
@@ -142,33 +147,36 @@ def _to_rgb8(pixels, path):
     return np.ascontiguousarray(colour)
 
 
-def resize(picture, size):
+def resize(picture, size, interpolation=INTERPOLATION):
     """(H, W, 3) uint8 -> (h, w, 3) uint8 at ``size`` = (h, w), bicubic and antialiased.
 
     It works on the 8-bit pixels, as timm's PIL-based transform does (they agree within one
     level), and is ~4x faster than resizing a float copy of a large picture.
     """
     pixels = rearrange(torch.from_numpy(picture), "h w c -> 1 c h w")
-    small = F.interpolate(pixels, size=size, mode=INTERPOLATION, antialias=True, align_corners=False)
+    small = F.interpolate(pixels, size=size, mode=interpolation, antialias=True, align_corners=False)
     return rearrange(small, "1 c h w -> h w c").numpy()
 
 
-def to_input(picture):
-    """(H, W, 3) uint8 picture -> (3, 224, 224) float32 tensor, resized whole and normalised."""
-    small = rearrange(torch.from_numpy(resize(picture, (IMAGE_SIZE, IMAGE_SIZE))), "h w c -> c h w")
-    return normalised(small.float() / 255)
+def to_input(picture, model=DEFAULT_MODEL):
+    """(H, W, 3) uint8 picture -> (3, 224, 224) float32 tensor, resized whole and normalised, at
+    ``model``'s input size (a timm name, or an architectures.Architecture)."""
+    a = architecture(model)
+    small = resize(picture, (a.image_size, a.image_size), a.interpolation)
+    return normalised(rearrange(torch.from_numpy(small), "h w c -> c h w").float() / 255, a)
 
 
-def normalised(pixels):
-    """(..., 3, H, W) pixel values in [0, 1] -> the model's input: each channel less ImageNet's
-    mean (MEAN), over its standard deviation (STD)."""
+def normalised(pixels, model=DEFAULT_MODEL):
+    """(..., 3, H, W) pixel values in [0, 1] -> the model's input: each channel less its mean,
+    over its standard deviation (DeiT's: ImageNet's MEAN and STD)."""
+    a = architecture(model)
     mean, std = (torch.tensor(values, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
-                 for values in (MEAN, STD))
+                 for values in (a.mean, a.std))
     return (pixels - mean) / std
 
 
-def load_image(path):
-    """Read ``path`` -> ``(input, picture)``: the (3, 224, 224) model input and the original
-    (H, W, 3) uint8 picture, kept for drawing the explanation over it."""
+def load_image(path, model=DEFAULT_MODEL):
+    """Read ``path`` -> ``(input, picture)``: the (3, 224, 224) model input (at ``model``'s size)
+    and the original (H, W, 3) uint8 picture, kept for drawing the explanation over it."""
     picture = read_picture(path)
-    return to_input(picture), picture
+    return to_input(picture, model), picture

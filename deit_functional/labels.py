@@ -1,14 +1,61 @@
-"""ImageNet-1k class names (timm's ImageNetInfo descriptions, kept here so a run need not import
-timm; tests/test_labels.py asserts they are equal)."""
+"""Class names: ImageNet-1k's (timm's ImageNetInfo descriptions, kept here so a run need not
+import timm; tests/test_labels.py asserts they are equal), or a fine-tuned head's own (``--labels
+FILE``, one name per line), or a model without a classifier's features ("feature 0", ...).
+
+A run names its classes once, where it starts (``named``); every function below reads them."""
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+_NAMES = []  # the names a run set (named), innermost last; empty: ImageNet's
+
 
 @lru_cache(maxsize=1)
-def class_names():
+def imagenet_names():
     return (Path(__file__).with_name("imagenet_classes.txt")).read_text().splitlines()
+
+
+def class_names():
+    return _NAMES[-1] if _NAMES else imagenet_names()
+
+
+def feature_names(count):
+    """The outputs of a model without a classifier: its class token's ``count`` features."""
+    return [f"feature {i}" for i in range(count)]
+
+
+def read_labels(path):
+    """A --labels file: one class name per line (blank lines at the end ignored) -> the names.
+    ValueError naming the problem."""
+    try:
+        names = Path(path).read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--labels {path}: cannot read it ({error})") from None
+    names = [name.strip() for name in names]
+    if not any(names):
+        raise ValueError(f"--labels {path}: no class names in it (one per line)")
+    empty = next((i for i, name in enumerate(names, start=1) if not name), None)
+    if empty:
+        raise ValueError(f"--labels {path}: line {empty} is empty (each line names one class)")
+    return names
+
+
+def _kind(article=""):
+    """What the classes are, for a message: "ImageNet class" or "class of the --labels file"."""
+    words = "ImageNet class" if class_names() is imagenet_names() else "class of this model"
+    return f"{article} {words}".strip()
+
+
+@contextmanager
+def named(names):
+    """Within it, the classes are called ``names`` (a list; None: ImageNet's)."""
+    _NAMES.append(list(names) if names is not None else imagenet_names())
+    try:
+        yield
+    finally:
+        _NAMES.pop()
 
 
 def short_name(index):
@@ -44,7 +91,7 @@ def class_index(text):
     if text.lstrip("+-").isdigit():
         index = int(text)
         if not 0 <= index < len(class_names()):
-            raise ValueError(f"{text} is not an ImageNet class index (0..{len(class_names()) - 1})")
+            raise ValueError(f"{text} is not {_kind('an')} index (0..{len(class_names()) - 1})")
         return index
     key = text.lower()
     names = [[name.strip() for name in line.split(",")] for line in class_names()]
@@ -54,7 +101,7 @@ def class_index(text):
     if len(classes) == 1:
         return classes[0]
     if not classes:
-        raise ValueError(f"no ImageNet class is called {text!r} or has a name starting so")
+        raise ValueError(f"no {_kind()} is called {text!r} or has a name starting so")
     named = {i: name for i, name in reversed(fitting)}
     shown = "; ".join(f"{i} {short_name(i)}" + (f" ({named[i]})" if named[i] != short_name(i) else "")
                       for i in classes[:6])

@@ -65,16 +65,16 @@ def read_boxes(path):
     return boxes
 
 
-def box_mask(boxes, category, height, width):
-    """A picture's boxes [(class, (x0, y0, x1, y1))] -> (224, 224) bool: the model's input pixels
+def box_mask(boxes, category, height, width, size=IMAGE_SIZE):
+    """A picture's boxes [(class, (x0, y0, x1, y1))] -> (size, size) bool: the model's input pixels
     inside a box of ``category``, for a picture of height x width; None where it has no box of
     that class, or its boxes cover no input pixel's centre (too small to score)."""
     mine = [box for c, box in boxes if c == category]
     if not mine:
         return None
-    centres = (torch.arange(IMAGE_SIZE, dtype=torch.float64) + 0.5) / IMAGE_SIZE
+    centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size
     xs, ys = centres * width, centres * height  # the picture point at each input pixel's centre
-    mask = torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+    mask = torch.zeros(size, size, dtype=torch.bool)
     for x0, y0, x1, y1 in mine:
         mask |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
     return mask if mask.any() else None
@@ -84,7 +84,7 @@ def pointing_game(grids, masks):
     """(B, R, G, G) maps, (B, 224, 224) masks -> (B, R) float: 1 where the map's peak is inside a
     box, else 0. The peak is every pixel of the largest value (a patch map's peak patch, or
     several where they tie): a hit where any of them is in a box, as Quantus counts."""
-    values = patch_pixels(grids).flatten(-2)
+    values = patch_pixels(grids, masks.shape[-1]).flatten(-2)
     peak = values == values.amax(dim=-1, keepdim=True)
     return (peak & masks.flatten(-2)[:, None]).any(dim=-1).double()
 
@@ -93,7 +93,7 @@ def relevance_mass(grids, masks):
     """(B, R, G, G) maps, (B, 224, 224) masks -> (B, R): the share of the map's positive relevance
     that lies in the boxes, sum over the box's pixels over the sum over all (0 where the map has
     no positive relevance)."""
-    positive = patch_pixels(grids).clamp_min(0).flatten(-2).double()
+    positive = patch_pixels(grids, masks.shape[-1]).clamp_min(0).flatten(-2).double()
     inside = (positive * masks.flatten(-2)[:, None].double()).sum(-1)
     total = positive.sum(-1)
     return inside / total.where(total > 0, torch.ones_like(total))

@@ -90,7 +90,7 @@ def rolled_out_map(spec):
     """Rollout ``spec`` as a Method's map: (run, head_fusion, discard_ratio) -> (B, G, G)."""
     @wraps(rolled_out)
     def map_of(run, head_fusion, discard_ratio):
-        return rolled_out(spec, run.attentions, run.gradients, head_fusion, discard_ratio)
+        return rolled_out(spec, run.attentions, run.gradients, head_fusion, discard_ratio, run.prefix)
     return map_of
 
 

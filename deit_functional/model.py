@@ -1,10 +1,16 @@
-"""DeiT as plain tensor code: one pure function per stage, no nn.Module, no hooks.
+"""A ViT as plain tensor code: one pure function per stage, no nn.Module, no hooks.
 
 The forward follows timm's ``deit_tiny_patch16_224`` (Touvron et al., "Training data-efficient
 image transformers", ICML 2021) op for op, in the same order as timm's *unfused* attention path,
 so on CPU float32 it is bitwise equal to timm with ``fused_attn = False``. The same code runs
-``deit_small_patch16_224`` and ``deit_base_patch16_224``: they differ only in the sizes that
-ARCHITECTURES lists, and each stage reads those from its inputs.
+every ViT of architectures.KNOWN -- DeiT, distilled DeiT, DeiT III, ViT, DINO, DINOv2 with
+registers -- each stage reading its sizes from its inputs and its switches from the weights it
+is given (architectures.py lists them; each is a visible line below, where it acts):
+
+  * embed:  prefix tokens (the class token, then a distillation or register tokens), and where
+            the position embedding is added (to every token, or to the patches only);
+  * block:  LayerScale, a learnt per-channel scale on each branch before its residual addition;
+  * head:   one classifier, two averaged (distilled), or none (the model's output is its features).
 
 Every stage takes the token stream ``x`` first and its own weights ``p`` second: the subtree of
 the nested weights dict (weights.py) whose names mirror timm's, so ``p["qkv"]`` holds
@@ -15,8 +21,8 @@ The stages that LRP's rules change (layer_norm, gelu, attention, and those that 
 paper, that change what the backward pass computes and never a value of the forward.
 
 Shape legend: the constants below, and B for the batch. Every einops string and shape line
-uses these letters (lower case in einops strings). D, H, d, L and M are given for DeiT-tiny, the
-homework's model; ARCHITECTURES holds them for all three.
+uses these letters (lower case in einops strings). They are given for DeiT-tiny, the homework's
+model; architectures.Architecture holds them for every model.
 """
 from dataclasses import dataclass
 
@@ -24,41 +30,24 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-P = 16          # patch side, pixels
-G = 14          # patch grid side: a 224 x 224 picture is G x G patches
-N = 1 + G * G   # tokens: CLS first, then the patches row by row = 197
-C = 1000        # ImageNet classes
-IMAGE_SIZE = G * P  # 224
-LN_EPS = 1e-6   # timm builds DeiT's LayerNorms with eps=1e-6, not torch's default 1e-5
+from .architectures import KNOWN
 
-
-@dataclass(frozen=True)
-class Architecture:
-    """The sizes in which the DeiTs differ (letters as in the legend); P, G, N and C are the
-    same in all three."""
-    title: str
-    D: int       # width of the token stream
-    H: int       # attention heads, each d = D // H = 64 wide
-    L: int = 12  # blocks
-
-    @property
-    def M(self):
-        return 4 * self.D  # MLP hidden width
-
-
-ARCHITECTURES = {  # timm's names
-    "deit_tiny_patch16_224": Architecture("DeiT-tiny", D=192, H=3),    # 5,717,416 parameters
-    "deit_small_patch16_224": Architecture("DeiT-small", D=384, H=6),  # 22,050,664
-    "deit_base_patch16_224": Architecture("DeiT-base", D=768, H=12),   # 86,567,656
-}
 DEFAULT_MODEL = "deit_tiny_patch16_224"
-_TINY = ARCHITECTURES[DEFAULT_MODEL]
+_TINY = KNOWN[DEFAULT_MODEL]
 
+P = _TINY.P     # patch side, pixels = 16
+G = _TINY.G     # patch grid side: a 224 x 224 picture is G x G patches = 14
+N = _TINY.N     # tokens: the prefix tokens (DeiT-tiny: CLS alone) first, then the patches row by row = 197
+C = _TINY.classes   # ImageNet classes = 1000
+IMAGE_SIZE = _TINY.image_size  # 224
 D = _TINY.D     # width of the token stream = 192
 H = _TINY.H     # attention heads = 3
 d = D // H      # head width = 64
 L = _TINY.L     # blocks = 12
 M = _TINY.M     # MLP hidden width = 768
+LN_EPS = 1e-6   # timm builds these ViTs' LayerNorms with eps=1e-6, not torch's default 1e-5
+PREFIX_TOKENS = ("cls_token", "dist_token", "reg_token")  # the weights' prefix tokens, in timm's order
+READ_OUTS = ("mean", "cls", "dist")  # a distilled DeiT's prediction: its two heads' mean (timm's), or one
 
 
 @dataclass(frozen=True)
@@ -126,21 +115,33 @@ def gelu(h, rules=GRADIENT):
     return activated
 
 
+def prefix_count(w):
+    """How many prefix tokens come before the patches: the class token, then a distillation
+    token or register tokens, where the weights have them."""
+    return sum(w[name].shape[1] for name in PREFIX_TOKENS if name in w)
+
+
 def embed(images, w, kept=None):
-    """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised pixels -> (B, N, D) tokens: patches, CLS first, positions.
+    """(B, 3, IMAGE_SIZE, IMAGE_SIZE) normalised pixels -> (B, N, D) tokens: patches, prefix tokens first, positions.
 
     ``kept`` (B, K) patch indices, where given, keeps only those patches' tokens, each with its
-    own position embedding, in that order: (B, 1 + K, D). A ViT takes any number of tokens, so
-    this is how a patch is removed without an input the model never saw (evaluate.py).
+    own position embedding, in that order: (B, prefix + K, D). A ViT takes any number of tokens,
+    so this is how a patch is removed without an input the model never saw (evaluate.py).
     """
-    patches = F.conv2d(images, **w["patch_embed"]["proj"], stride=P)  # (B, D, G, G)
+    patch = w["patch_embed"]["proj"]["weight"].shape[-1]
+    patches = F.conv2d(images, **w["patch_embed"]["proj"], stride=patch)  # (B, D, G, G)
     patches = rearrange(patches, "b d gh gw -> b (gh gw) d")
-    cls = w["cls_token"].expand(images.shape[0], -1, -1)  # (B, 1, D)
-    # pos_embed has N rows including CLS: concatenate first, then add (timm/DeiT order).
-    tokens = torch.cat([cls, patches], dim=1) + w["pos_embed"]
+    prefix = [w[name].expand(images.shape[0], -1, -1) for name in PREFIX_TOKENS if name in w]  # (B, 1, D), ...
+    if w["pos_embed"].shape[1] == patches.shape[1]:
+        # DeiT III, DINOv2 (timm's no_embed_class): positions for the patches only, added first
+        tokens = torch.cat([*prefix, patches + w["pos_embed"]], dim=1)
+    else:
+        # DeiT, ViT, DINO: pos_embed has N rows including the prefix: concatenate first, then add
+        tokens = torch.cat([*prefix, patches], dim=1) + w["pos_embed"]
     if kept is None:
         return tokens
-    rows = torch.cat([torch.zeros_like(kept[:, :1]), kept + 1], dim=1)  # CLS, then the kept patches
+    first = tokens.shape[1] - patches.shape[1]  # the prefix tokens
+    rows = torch.cat([torch.arange(first, device=kept.device).expand(kept.shape[0], -1), kept + first], dim=1)
     return tokens.gather(1, rows[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
@@ -184,14 +185,33 @@ def block(x, p, rules=GRADIENT):
     """
     normed = layer_norm(x, p["norm1"], rules)
     mixed, attn = attention(normed, p["attn"], rules)
-    x = x + mixed
-    x = x + mlp(layer_norm(x, p["norm2"], rules), p["mlp"], rules)
+    x = x + scaled(mixed, p, "ls1")
+    x = x + scaled(mlp(layer_norm(x, p["norm2"], rules), p["mlp"], rules), p, "ls2")
     return x, attn, normed
 
 
+def scaled(branch, p, name):
+    """LayerScale (Touvron et al., "Going deeper with image transformers", ICCV 2021; DeiT III,
+    DINOv2): a branch times its learnt per-channel ``gamma`` (D,) before the residual addition,
+    where the block has one; else the branch as it is."""
+    return branch * p[name]["gamma"] if name in p else branch
+
+
 def head(x, w, rules=GRADIENT):
-    """(B, N, D) -> (B, C) logits: the final LayerNorm, then the classifier on the CLS token."""
-    return F.linear(layer_norm(x, w["norm"], rules)[:, 0], **w["head"])
+    """(B, N, D) -> (B, C) logits: the final LayerNorm, then the classifier on the CLS token.
+
+    A distilled DeiT has a second classifier on its distillation token (token 1); its prediction
+    is the two heads' mean, as timm's, or one of them where ``w["read_out"]`` (READ_OUTS) says.
+    A model without a classifier (DINO, DINOv2) gives the normalised CLS token itself: (B, D)
+    features, as timm's forward does with num_classes=0.
+    """
+    normed = layer_norm(x, w["norm"], rules)
+    if "head" not in w:
+        return normed[:, 0]
+    if "head_dist" not in w:
+        return F.linear(normed[:, 0], **w["head"])
+    cls, dist = F.linear(normed[:, 0], **w["head"]), F.linear(normed[:, 1], **w["head_dist"])
+    return {"mean": lambda: (cls + dist) / 2, "cls": lambda: cls, "dist": lambda: dist}[w.get("read_out", "mean")]()
 
 
 @dataclass(frozen=True)

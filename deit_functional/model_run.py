@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .images import normalised
-from .model import GRADIENT, RULES, head, trace
+from .model import GRADIENT, RULES, head, prefix_count, trace
 from .transformer_attribution import attention_relevances
 
 INTEGRATION_ROWS = 64  # (image, step) pairs per forward pass of an integrated gradient
@@ -67,6 +67,7 @@ class ModelRun:
     integrated_gradient: torch.Tensor | None = None        # (B, H, N, N): mean_α ∂y_c/∂A_L at α·x
     attention_relevances: list | None = None               # L (B, H, N, N): R^A_l, transformer_attribution.py
     input_relevance: torch.Tensor | None = None            # (B, 3, 224, 224): (x - x̄) ⊙ ∂y_c/∂x (x̄ = 0 but when integrated)
+    prefix: int = 1                                        # tokens before the patches (model.prefix_count)
 
 
 def class_logit(logits, category):
@@ -80,7 +81,7 @@ def run_model(weights, images, keeps=Keeps(), category=None):
     if not keeps.explains_class:
         with torch.no_grad():
             kept = trace(weights, images)
-        return ModelRun(kept.logits, kept.attentions)
+        return ModelRun(kept.logits, kept.attentions, prefix=prefix_count(weights))
     if category is None:
         raise ValueError("this method explains one class: pass its category")
     category = torch.as_tensor(category, device=images.device).expand(images.shape[0])
@@ -129,7 +130,7 @@ def _class_run(weights, images, keeps, category):
     if kept is None:
         with torch.no_grad():
             kept = trace(weights, images)
-    return ModelRun(kept.logits.detach(), [a.detach() for a in kept.attentions], **found)
+    return ModelRun(kept.logits.detach(), [a.detach() for a in kept.attentions], **found, prefix=prefix_count(weights))
 
 
 def input_relevance(weights, images, category, rules):
@@ -141,9 +142,10 @@ def input_relevance(weights, images, category, rules):
     return kept, x.detach() * x.grad
 
 
-def black_picture(images):
-    """The model input of an all-black picture, shaped (1, 3, 1, 1) on ``images``' device."""
-    return normalised(images.new_zeros(1, 3, 1, 1))
+def black_picture(images, weights):
+    """The model input of an all-black picture, shaped (1, 3, 1, 1) on ``images``' device, as
+    the weights' checkpoint normalises it."""
+    return normalised(images.new_zeros(1, 3, 1, 1), weights["architecture"])
 
 
 def gauss_legendre(count):
@@ -159,7 +161,7 @@ def integrated_gradients(weights, images, category, count, rules=GRADIENT):
     the gradients taken under ``rules`` (model.Rules: the plain gradient by default)."""
     alphas, step_weights = gauss_legendre(count)
     step_weights = torch.tensor(step_weights, dtype=images.dtype, device=images.device)
-    baseline = black_picture(images)
+    baseline = black_picture(images, weights)
     sums = torch.zeros_like(images)
     for pictures, steps, path in along_path(images, alphas, baseline):
         x = path.requires_grad_(True)

@@ -21,7 +21,8 @@ import numpy as np
 from .drawing import Look, curves_figure, layer_figure, result_figure, upsample
 from .explorer import explorer_page
 from .labels import class_names, rank, short_name, top, top_classes
-from .model import ARCHITECTURES, DEFAULT_MODEL
+from .architectures import architecture
+from .model import DEFAULT_MODEL
 from .methods import METHODS, Method
 from .pixel_relevance import patch_maps
 from .rollout import HEAD_FUSIONS
@@ -42,7 +43,7 @@ class PictureResult:
     faithfulness: dict | None = None  # head fusion -> perturbation-test scores (evaluate.py)
     method: Method = METHODS["attention"]
     attentions: np.ndarray | None = None  # (L, H, N, N) the model's maps, for the explorer page
-    model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES
+    model: str = DEFAULT_MODEL    # timm's name (architectures.py)
     discard_ratio: float = 0.0    # the share of each layer's lowest entries the method discarded
 
     def __post_init__(self):
@@ -76,7 +77,7 @@ def file_tag(method, head_fusions, discard_ratio, category=None, model=DEFAULT_M
     fusions = "all" if tuple(head_fusions) == HEAD_FUSIONS else "+".join(head_fusions)
     parts = [method.file_name, fusions, f"discard{ratio_text(discard_ratio)}"]
     if model != DEFAULT_MODEL:
-        parts.insert(0, ARCHITECTURES[model].title.lower())  # e.g. deit-small
+        parts.insert(0, architecture(model).slug)  # e.g. deit-small
     if category is not None:
         parts.append(f"category{category}")
     return "_".join(parts)
@@ -195,7 +196,8 @@ def savers(result, endings, look=Look()):
     for fusion, grid in result.maps.items():
         files[f"mask {fusion}"] = partial(write_npy, array=upsample(grid, result.picture.shape[:2]))
         if f"grid {fusion}" in endings:
-            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(patch_maps(result.method, grid), np.float32))
+            patches = patch_maps(result.method, grid, architecture(result.model).G)
+            files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(patches, np.float32))
         if f"layers {fusion}" in endings:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(
                 result.picture, *result.layers[fusion], title=title(result, fusion), look=look))
@@ -222,14 +224,15 @@ def title(result, fusion=None):
     how += [f"{method.steps} steps from black"] if method.steps else []
     which = "class" if method.uses_gradient else "top class"
     return (", ".join([method.title, *how]) + f": {which} {class_line(result.probabilities, result.category)}; "
-            f"{ARCHITECTURES[result.model].title}")
+            f"{architecture(result.model).title}")
 
 
 def class_line(probabilities, category):
     """'258 Samoyed (p 0.021, rank 7 of 1000)': a class, its probability and its rank."""
     p = float(probabilities[category])
-    shown = f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"  # a small probability keeps its digits
-    return f"{category} {short_name(category)} (p {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
+    shown = f"{p:.3f}" if abs(p) >= 0.001 else f"{p:.1e}"  # a small probability keeps its digits
+    word = "value" if short_name(category).startswith("feature ") else "p"  # a model without a classifier
+    return f"{category} {short_name(category)} ({word} {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
 
 
 def printed(result, files, notes, quiet=0, first=True):

@@ -42,7 +42,8 @@ from .console import Printout
 from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
-from .model import ARCHITECTURES, DEFAULT_MODEL
+from .architectures import architecture
+from .model import DEFAULT_MODEL
 from .sanity import PICTURES as SANITY_PICTURES
 from .scores import predicted_classes, score_batch
 from .drawing import Look
@@ -68,7 +69,7 @@ class Job:
     boxes: dict | None = None     # the objects' boxes, for the comparison's localisation (localisation.read_boxes)
     sanity_pictures: int = SANITY_PICTURES  # the comparison's randomisation check runs on the first this many
     save_grid: bool = False       # also the (G, G) map as .npy
-    model: str = DEFAULT_MODEL    # a key of model.ARCHITECTURES, which the weights are of
+    model: str = DEFAULT_MODEL    # timm's name (architectures.py), which the weights are of
     look: Look = Look()           # how the result figures draw the maps
     quiet: int = 0                # 0 everything; 1 a line per picture and explanation; 2 the summary only
 
@@ -108,7 +109,8 @@ def explain_batch(weights, batch, job, device, method, category):
     else:
         logits, maps = explain(weights, inputs, method, category=category, head_fusions=fusions,
                                discard_ratio=job.ratio(method))
-    probabilities = logits.softmax(dim=-1).cpu().numpy()
+    # a model without a classifier gives its features (model.head): shown as they are
+    probabilities = (logits.softmax(dim=-1) if weights["architecture"].classes else logits).cpu().numpy()
     classes = (probabilities.argmax(-1) if category is None  # the class each picture's map explains
                else np.broadcast_to(torch.as_tensor(category).cpu(), len(batch)))
     results = []
@@ -120,8 +122,8 @@ def explain_batch(weights, batch, job, device, method, category):
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
                     for f in fusions} if job.per_layer or job.html else {},
             category=explained,
-            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids), explained)
-            if job.evaluate else None,
+            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids, weights["architecture"].G),
+                                           explained) if job.evaluate else None,
             method=method, attentions=attentions[row] if job.html else None, model=job.model,
             discard_ratio=job.ratio(method)))
     return results
@@ -202,7 +204,7 @@ def run(paths, weights, job, device, printout=None):
         decoding, writes = decode(batches[0]), []
         for index, (batch, following) in enumerate(zip(batches, batches[1:] + [[]])):
             with torch_threads(1):  # the workers have the cores (module docstring)
-                decoded = [_with_input(future.result()) for future in decoding]
+                decoded = [_with_input(future.result(), weights["architecture"]) for future in decoding]
             while writes and not overlap_model:  # on the CPU, the model waits for every write
                 collect(*writes.pop(0))
             if disk_full.is_set():
@@ -255,7 +257,7 @@ def run(paths, weights, job, device, printout=None):
             extras += write_report(entries, job)
         if scored:
             extras += write_comparison(scored, job.output_dir, f"Which explanation to trust: "
-                                       f"{ARCHITECTURES[job.model].title}, {len(finished - failed)} pictures")
+                                       f"{architecture(job.model).title}, {len(finished - failed)} pictures")
         if len(paths) > 1 and predicted:
             extras.append(write_predictions([predicted[k] for k in sorted(predicted) if k[0] in finished], job))
     except OSError as error:
@@ -294,9 +296,9 @@ def _read(path):
         return error
 
 
-def _with_input(picture):
-    """A decoded picture -> (picture, its model input); an ImageError as it is."""
-    return picture if isinstance(picture, ImageError) else (picture, to_input(picture))
+def _with_input(picture, architecture):
+    """A decoded picture -> (picture, its model input for ``architecture``); an ImageError as it is."""
+    return picture if isinstance(picture, ImageError) else (picture, to_input(picture, architecture))
 
 
 @contextmanager

@@ -9,8 +9,6 @@ speaks against the class). Where a patch grid is needed (the perturbation test, 
 """
 from einops import reduce, repeat
 
-from .model import P
-
 
 def pixel_relevance(run, head_fusion="none"):
     """Σ over the colour channels of the input relevance -> (B, 224, 224), scaled so that the
@@ -20,20 +18,21 @@ def pixel_relevance(run, head_fusion="none"):
     return relevance / peak.where(peak > 0, 1)
 
 
-def patch_sums(pixels):
-    """(..., 224, 224) a value per pixel -> (..., G, G) the sum over each P x P patch."""
-    return reduce(pixels, "... (gh ph) (gw pw) -> ... gh gw", "sum", ph=P, pw=P)
+def patch_sums(pixels, grid):
+    """(..., 224, 224) a value per pixel -> (..., G, G) the sum over each P x P patch, G = ``grid``."""
+    return reduce(pixels, "... (gh ph) (gw pw) -> ... gh gw", "sum", gh=grid, gw=grid)
 
 
-def patch_pixels(grids):
-    """(..., G, G) a value per patch -> (..., 224, 224): each patch's value on its P x P pixels
-    (patch_sums' other way)."""
-    return repeat(grids, "... gh gw -> ... (gh ph) (gw pw)", ph=P, pw=P)
+def patch_pixels(grids, size):
+    """(..., G, G) a value per patch -> (..., size, size): each patch's value on its P x P pixels
+    (patch_sums' other way), P = size / G."""
+    patch = size // grids.shape[-1]
+    return repeat(grids, "... gh gw -> ... (gh ph) (gw pw)", ph=patch, pw=patch)
 
 
-def patch_maps(method, maps):
-    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid: a
-    per-pixel map's patch sums, a patch map as it is."""
+def patch_maps(method, maps, grid):
+    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid (G =
+    ``grid``): a per-pixel map's patch sums, a patch map as it is."""
     if isinstance(maps, dict):
-        return {key: patch_maps(method, m) for key, m in maps.items()}
-    return patch_sums(maps) if method.per_pixel else maps
+        return {key: patch_maps(method, m, grid) for key, m in maps.items()}
+    return patch_sums(maps, grid) if method.per_pixel else maps

@@ -28,7 +28,7 @@ import numpy as np
 from .comparison import MIN_PICTURES, beyond
 from .curves import curves_svg
 from .labels import short_name, top
-from .model import ARCHITECTURES
+from .architectures import architecture
 from .outputs import ratio_text
 from .writing import write_new, write_text
 
@@ -135,14 +135,14 @@ def pictures(count):
 
 
 def title(job):
-    return f"Which parts of the pictures {ARCHITECTURES[job.model].title} looks at"
+    return f"Which parts of the pictures {architecture(job.model).title} looks at"
 
 
 def heading(job, entries):
     what = "; ".join(explanations(entries))
     fusions = dict.fromkeys(f for e in entries if e.method.fuses_heads for f in e.faithfulness)
     return (f"{what}. " + (f"Head fusions {', '.join(fusions)}; " if fusions else "")
-            + f"{ARCHITECTURES[job.model].title}; {pictures(len(by_picture(entries)))}; "
+            + f"{architecture(job.model).title}; {pictures(len(by_picture(entries)))}; "
             f"{datetime.date.today():%Y-%m-%d}.")
 
 

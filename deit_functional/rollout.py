@@ -99,9 +99,11 @@ def add_skip(layer, renormalise=True):
     return with_identity / with_identity.sum(dim=-1, keepdim=True) if renormalise else with_identity
 
 
-def to_grid(relevance):
-    """(B, N) CLS row -> (B, G, G) map over the patches, each scaled to max 1 (all-zero stays 0)."""
-    return patch_grid(relevance[:, 1:])
+def to_grid(relevance, prefix=1):
+    """(B, N) CLS row -> (B, G, G) map over the patches, each scaled to max 1 (all-zero stays 0).
+    ``prefix``: the tokens before the patches (the class token, and a distillation or register
+    tokens where the model has them: model.prefix_count), which no map shows."""
+    return patch_grid(relevance[:, prefix:])
 
 
 def patch_grid(patches):
@@ -111,12 +113,12 @@ def patch_grid(patches):
     return rearrange(patches / peak, "b (gh gw) -> b gh gw", gh=G, gw=G)
 
 
-def rollout(layers, renormalise=True):
+def rollout(layers, renormalise=True, prefix=1):
     """Per-layer maps A_1..A_L, each (B, N, N) -> (B, G, G): R_L's CLS row, max 1."""
-    return to_grid(cls_row_of_product(layers, renormalise))
+    return to_grid(cls_row_of_product(layers, renormalise), prefix)
 
 
-def flow(layers, renormalise=True):
+def flow(layers, renormalise=True, prefix=1):
     """Per-layer maps A_1..A_L, each (B, N, N) -> (B, G, G): the maximum flow from the CLS token
     of layer L through the capacities Ã_l to each patch of layer 0, max 1 (max_flow.py)."""
     if not renormalise:
@@ -124,7 +126,7 @@ def flow(layers, renormalise=True):
     capacities = torch.stack([add_skip(a.double()) for a in layers], dim=1)  # (B, L, N, N)
     scaled = (capacities * max_flow.SCALE).round().to(torch.int32).cpu().numpy()
     flows = torch.from_numpy(max_flow.token_flows(scaled)) / max_flow.SCALE
-    return to_grid(flows.to(layers[0].dtype)).to(layers[0].device)
+    return to_grid(flows.to(layers[0].dtype), prefix).to(layers[0].device)
 
 
 @dataclass(frozen=True)
@@ -161,19 +163,20 @@ def layer_maps(spec, attentions, gradients=None, head_fusion="mean", discard_rat
     return [discard_lowest(spec.layer(a, g, head_fusion), discard_ratio) for a, g in zip(attentions, gradients)]
 
 
-def by_layer(combine, layers, renormalise=True):
+def by_layer(combine, layers, renormalise=True, prefix=1):
     """(L, B, G, G): ``combine`` (rollout or flow) through layers 1..l, for each l, to watch the
     map build up."""
-    return torch.stack([combine(layers[:depth], renormalise) for depth in range(1, len(layers) + 1)])
+    return torch.stack([combine(layers[:depth], renormalise, prefix) for depth in range(1, len(layers) + 1)])
 
 
-def rolled_out(spec, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0):
-    """L maps (B, H, N, N) [and their gradients] -> (B, G, G): Rollout ``spec``'s map, max 1."""
+def rolled_out(spec, attentions, gradients=None, head_fusion="mean", discard_ratio=0.0, prefix=1):
+    """L maps (B, H, N, N) [and their gradients] -> (B, G, G): Rollout ``spec``'s map, max 1;
+    ``prefix`` tokens (to_grid) before the patches."""
     if fast_form_serves(spec, attentions, head_fusion):
         # The same map as below, fused, discarded and rolled out a few images at a time.
         k = discard_count(attentions[0].shape[-1], discard_ratio)
-        return to_grid(spec.fast_cls_row(attentions, head_fusion, k))
-    return spec.combine(layer_maps(spec, attentions, gradients, head_fusion, discard_ratio), spec.renormalise)
+        return to_grid(spec.fast_cls_row(attentions, head_fusion, k), prefix)
+    return spec.combine(layer_maps(spec, attentions, gradients, head_fusion, discard_ratio), spec.renormalise, prefix)
 
 
 def fast_form_serves(spec, attentions, head_fusion):

@@ -57,7 +57,7 @@ METRICS = (
 METRIC = {m.name: m for m in METRICS}
 
 
-def random_maps(numbers, seeds=RANDOM_SEEDS, grid=evaluate.G):
+def random_maps(numbers, grid, seeds=RANDOM_SEEDS):
     """The run's picture numbers (B,) -> (B, seeds, G, G) uniform random maps: picture n's
     seed-s map is the same in every run, whatever the batch."""
     return torch.stack([torch.stack([torch.rand(grid, grid, generator=torch.Generator().manual_seed(1_000_003 * s + n))
@@ -140,19 +140,19 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
     its inverted map and the random maps, scored by every metric, and each method's
     randomisation check (on the run's first job.sanity_pictures pictures)."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
-    entries, checked = [], {}
+    entries, checked, grid = [], {}, weights["architecture"].G
     sane = [b for b, number in enumerate(numbers) if number < job.sanity_pictures]  # the pictures checked
     for category in job.categories or (None,):
         classes = torch.tensor([r.category for r in by_explanation[0]] if category is None else [category] * len(batch),
                                device=device)  # (B,) the class each picture is scored for
-        masks = [box_mask(job.boxes.get(path.name, []), int(c), *picture.shape[:2]) if job.boxes else None
+        masks = [box_mask(job.boxes.get(path.name, []), int(c), *picture.shape[:2], inputs.shape[-1]) if job.boxes else None
                  for (path, picture, _), c in zip(batch, classes.tolist())]
         target = target_name(category)
         scored = [(results, results[0].method) for results in by_explanation
                   if not results[0].method.uses_gradient or not job.categories or results[0].category == category]
         for results, method in scored:
             fusions = list(results[0].maps)
-            grids = torch.stack([torch.stack([torch.as_tensor(patch_maps(method, r.maps[f])) for f in fusions])
+            grids = torch.stack([torch.stack([torch.as_tensor(patch_maps(method, r.maps[f], grid)) for f in fusions])
                                  for r in results]).to(device)  # (B, R, G, G)
             scores, inverted, curves = map_scores(weights, inputs, grids, classes, masks)
             key = (method, None if not method.uses_gradient else category)
@@ -170,7 +170,7 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
                                       {k: c[b, r] for k, c in curves.items()}, rhos))
                 entries.append(Scored(picture, target, f"inverted: {row}", "inverted",
                                       {m: float(v[b, r]) for m, v in inverted.items()}))
-        randoms = random_maps(numbers).to(device)  # (B, seeds, G, G)
+        randoms = random_maps(numbers, grid).to(device)  # (B, seeds, G, G)
         scores, _, curves = map_scores(weights, inputs, randoms, classes, masks)
         entries += [Scored(str(batch[b][0]), target, f"random map ({RANDOM_SEEDS} seeds)", "random",
                            {m: float(v[b, s]) for m, v in scores.items()}, {k: c[b, s] for k, c in curves.items()},

@@ -19,6 +19,6 @@ from .rollout import patch_grid
 
 def grad_cam(run, head_fusion="none"):
     """ReLU(Σ_d w_d a_d) over the patches, w_d the mean gradient of channel d -> (B, G, G)."""
-    activations, gradient = run.attention_input[:, 1:], run.attention_input_gradient[:, 1:]  # (B, G*G, D)
+    activations, gradient = (t[:, run.prefix:] for t in (run.attention_input, run.attention_input_gradient))  # (B, G*G, D)
     weights = gradient.mean(dim=1)  # (B, D)
     return patch_grid(einsum(activations, weights, "b n d, b d -> b n").clamp_min(0))

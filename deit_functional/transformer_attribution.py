@@ -140,4 +140,4 @@ def attention_relevances(weights, tokens, attentions, category):
 
 def transformer_attribution(run, head_fusion="mean"):
     """The rolled-out mean_h (∂y_c/∂A ⊙ R^A)⁺ of every layer -> (B, G, G), max 1."""
-    return rolled_out(ROLLOUTS["chefer"], run.attention_relevances, run.gradients, head_fusion)
+    return rolled_out(ROLLOUTS["chefer"], run.attention_relevances, run.gradients, head_fusion, prefix=run.prefix)

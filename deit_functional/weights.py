@@ -19,12 +19,14 @@ import re
 import socket
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .model import ARCHITECTURES, C, DEFAULT_MODEL, IMAGE_SIZE, N, P
+from .architectures import KNOWN, ArchitectureError, architecture
+from .model import DEFAULT_MODEL, READ_OUTS
 
 TIMM_FILE = "model.safetensors"  # in timm's hub repo of each model
 TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")  # what save_pretrained writes, newer first
@@ -37,20 +39,55 @@ WEIGHTS_VARIABLE = "DEIT_EXPLAIN_WEIGHTS"  # names a local checkpoint once, for 
 RELEASE_URL = "https://dl.fbaipublicfiles.com/deit/"  # the official DeiT release (Touvron et al.), + file name
 HUB_URL = "https://huggingface.co/"
 
-# timm's names -> transformers', by prefix ({i}: the block). The three of qkv are stacked in
+# timm's names -> transformers' names as its files hold them, by prefix ({i}: the block), for
+# each of the three model classes read: ViTForImageClassification (ViT, DeiT), DeiT's
+# ...WithTeacher (distilled DeiT) and Dinov2WithRegistersModel. The three of qkv are stacked in
 # this order along the output dimension, as timm's qkv holds them.
-TRANSFORMERS_NAMES = {
-    "cls_token": "vit.embeddings.cls_token",
-    "pos_embed": "vit.embeddings.position_embeddings",
-    "patch_embed.proj.": "vit.embeddings.patch_embeddings.projection.",
-    "blocks.{i}.norm1.": "vit.encoder.layer.{i}.layernorm_before.",
-    "blocks.{i}.attn.qkv.": "vit.encoder.layer.{i}.attention.attention.{part}.",
-    "blocks.{i}.attn.proj.": "vit.encoder.layer.{i}.attention.output.dense.",
-    "blocks.{i}.norm2.": "vit.encoder.layer.{i}.layernorm_after.",
-    "blocks.{i}.mlp.fc1.": "vit.encoder.layer.{i}.intermediate.dense.",
-    "blocks.{i}.mlp.fc2.": "vit.encoder.layer.{i}.output.dense.",
-    "norm.": "vit.layernorm.",
-    "head.": "classifier.",
+_VIT_BLOCK = {
+    "blocks.{i}.norm1.": "encoder.layer.{i}.layernorm_before.",
+    "blocks.{i}.attn.qkv.": "encoder.layer.{i}.attention.attention.{part}.",
+    "blocks.{i}.attn.proj.": "encoder.layer.{i}.attention.output.dense.",
+    "blocks.{i}.norm2.": "encoder.layer.{i}.layernorm_after.",
+    "blocks.{i}.mlp.fc1.": "encoder.layer.{i}.intermediate.dense.",
+    "blocks.{i}.mlp.fc2.": "encoder.layer.{i}.output.dense.",
+}
+_EMBEDDINGS = {
+    "cls_token": "embeddings.cls_token",
+    "dist_token": "embeddings.distillation_token",
+    "reg_token": "embeddings.register_tokens",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.": "embeddings.patch_embeddings.projection.",
+    "norm.": "layernorm.",
+}
+
+
+def _prefixed(table, prefix):
+    return {timm: prefix + theirs for timm, theirs in table.items()}
+
+
+TRANSFORMERS_NAMES = {  # the naming's marker key prefix -> timm's names -> theirs
+    "vit.": {**_prefixed({**_EMBEDDINGS, **_VIT_BLOCK}, "vit."), "head.": "classifier."},
+    "deit.": {**_prefixed({**_EMBEDDINGS, **_VIT_BLOCK}, "deit."), "head.": "cls_classifier.",
+              "head_dist.": "distillation_classifier."},
+    "embeddings.": {**_EMBEDDINGS, **{
+        "blocks.{i}.norm1.": "encoder.layer.{i}.norm1.",
+        "blocks.{i}.attn.qkv.": "encoder.layer.{i}.attention.attention.{part}.",
+        "blocks.{i}.attn.proj.": "encoder.layer.{i}.attention.output.dense.",
+        "blocks.{i}.ls1.gamma": "encoder.layer.{i}.layer_scale1.lambda1",
+        "blocks.{i}.norm2.": "encoder.layer.{i}.norm2.",
+        "blocks.{i}.mlp.fc1.": "encoder.layer.{i}.mlp.fc1.",
+        "blocks.{i}.mlp.fc2.": "encoder.layer.{i}.mlp.fc2.",
+        "blocks.{i}.ls2.gamma": "encoder.layer.{i}.layer_scale2.lambda1",
+    }},
+}
+# The Hugging Face repos of the same checkpoints, where transformers has the model.
+TRANSFORMERS_REPOS = {
+    **{f"deit_{size}_patch16_224": f"facebook/deit-{size}-patch16-224" for size in ("tiny", "small", "base")},
+    **{f"deit_{size}_distilled_patch16_224": f"facebook/deit-{size}-distilled-patch16-224"
+       for size in ("tiny", "small", "base")},
+    "vit_base_patch16_224.orig_in21k_ft_in1k": "google/vit-base-patch16-224",
+    "vit_small_patch14_reg4_dinov2": "facebook/dinov2-with-registers-small",
+    "vit_base_patch14_reg4_dinov2": "facebook/dinov2-with-registers-base",
 }
 QKV = ("query", "key", "value")
 
@@ -60,44 +97,59 @@ class WeightsError(ValueError):
 
 
 def timm_hub_repo(model):
-    return f"timm/{model}.fb_in1k"
+    return architecture(model).hub  # e.g. timm/deit_tiny_patch16_224.fb_in1k
 
 
 def transformers_hub_repo(model):
-    return "facebook/" + model.replace("_", "-")  # e.g. facebook/deit-tiny-patch16-224
+    """The Hugging Face repo of ``model``'s checkpoint in transformers' naming, or None."""
+    return TRANSFORMERS_REPOS.get(model)
 
 
-def expected_shapes(model=DEFAULT_MODEL):
+def expected_shapes(model=DEFAULT_MODEL, classes=None):
     """Every state-dict key of ``model`` (timm's names) with its shape; 5,717,416 parameters for
-    DeiT-tiny."""
-    a = ARCHITECTURES[model]
+    DeiT-tiny. ``classes``: the head's size, where it is not the pretrained one (0: no head)."""
+    a = architecture(model)
     D, M = a.D, a.M
+    classes = a.classes if classes is None else classes
     layer = {"norm1": (D,), "attn.qkv": (3 * D, D), "attn.proj": (D, D),
              "norm2": (D,), "mlp.fc1": (M, D), "mlp.fc2": (D, M)}
-    shapes = {"cls_token": (1, 1, D), "pos_embed": (1, N, D),
-              "patch_embed.proj.weight": (D, 3, P, P), "patch_embed.proj.bias": (D,),
-              "norm.weight": (D,), "norm.bias": (D,),
-              "head.weight": (C, D), "head.bias": (C,)}
+    positions = a.G * a.G + (0 if a.patch_positions_only else a.prefix)
+    shapes = {"cls_token": (1, 1, D), **({"dist_token": (1, 1, D)} if a.distilled else {}),
+              **({"reg_token": (1, a.registers, D)} if a.registers else {}), "pos_embed": (1, positions, D),
+              "patch_embed.proj.weight": (D, 3, a.P, a.P), "patch_embed.proj.bias": (D,),
+              "norm.weight": (D,), "norm.bias": (D,)}
+    for head in ("head", "head_dist")[:(1 + a.distilled) if classes else 0]:
+        shapes.update({f"{head}.weight": (classes, D), f"{head}.bias": (classes,)})
     for i in range(a.L):
         for name, shape in layer.items():
             shapes[f"blocks.{i}.{name}.weight"] = shape
             shapes[f"blocks.{i}.{name}.bias"] = (shape[0],)
+        if a.layer_scale:
+            shapes.update({f"blocks.{i}.ls1.gamma": (D,), f"blocks.{i}.ls2.gamma": (D,)})
     return shapes
 
 
-def transformers_names(key):
-    """A timm key -> the transformers keys it is made of: query, key and value for a qkv, else one."""
+def naming_of(state):
+    """The key prefix that marks ``state``'s transformers naming (TRANSFORMERS_NAMES), or None: timm's."""
+    return next((marker for marker in TRANSFORMERS_NAMES if any(str(k).startswith(marker) for k in state)), None)
+
+
+def transformers_names(key, naming="vit."):
+    """A timm key -> the transformers keys it is made of in ``naming`` (a key of
+    TRANSFORMERS_NAMES): query, key and value for a qkv, else one."""
+    table = TRANSFORMERS_NAMES[naming]
     block = re.match(r"blocks\.(\d+)\.", key)
     general = key.replace(block.group(0), "blocks.{i}.", 1) if block else key
-    prefix = next(p for p in TRANSFORMERS_NAMES if general.startswith(p))
-    name = TRANSFORMERS_NAMES[prefix] + general[len(prefix):]
+    prefix = next(p for p in table if general.startswith(p))
+    name = table[prefix] + general[len(prefix):]
     i = block.group(1) if block else None
     return [name.format(i=i, part=part) for part in QKV] if "{part}" in name else [name.format(i=i)]
 
 
 def load_weights(source=None, device="cpu", model=DEFAULT_MODEL):
-    """Return ``model``'s weights (a key of model.ARCHITECTURES) as a nested dict of float32
-    tensors on ``device``.
+    """Return ``model``'s weights (timm's name: a key of architectures.KNOWN, or another timm ViT)
+    as a nested dict of float32 tensors on ``device``, its "architecture" the Architecture they
+    are of (with their head's size: a fine-tuned head may have any number of classes).
 
     ``source`` may be a timm model (its parameters are copied), a state dict in either naming, a
     path to a local checkpoint (the official DeiT release ``{"model": state_dict}`` .pth, a state
@@ -108,8 +160,10 @@ def load_weights(source=None, device="cpu", model=DEFAULT_MODEL):
     (A transformers model object is not read: transformers 5 names its parameters otherwise
     inside; the files it writes keep the names above.)
     """
-    if model not in ARCHITECTURES:
-        raise WeightsError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    try:
+        architecture(model)
+    except ArchitectureError as error:
+        raise WeightsError(str(error)) from None
     if source is None and os.environ.get(WEIGHTS_VARIABLE):
         path = Path(os.environ[WEIGHTS_VARIABLE])
         try:
@@ -153,27 +207,35 @@ def _check_config(path, model):
         raise WeightsError(f"cannot read {path}: {error}") from None
     if not isinstance(config, dict) or "model_type" not in config:
         return
-    if config["model_type"] != "vit":
-        raise WeightsError(f"{path} describes a model of type {config['model_type']!r}, not 'vit': only the "
-                           "non-distilled DeiTs (transformers' ViTForImageClassification) are supported")
+    wanted = _config_type(model)
+    if config["model_type"] != wanted:
+        raise WeightsError(f"{path} describes a model of type {config['model_type']!r}, but "
+                           f"{architecture(model).title} is one of type {wanted!r} in transformers")
     differs = lambda m: [(f, size) for f, size in _config_sizes(m).items() if f in config and config[f] != size]
     mismatched = differs(model)
     if mismatched:
         field, size = mismatched[0]
-        raise WeightsError(f"{path} has {field} {config[field]!r}, but {ARCHITECTURES[model].title} has {size}"
+        raise WeightsError(f"{path} has {field} {config[field]!r}, but {architecture(model).title} has {size}"
                            + _other_model_hint(lambda m: not differs(m), model))
 
 
+def _config_type(model):
+    """transformers' model_type of ``model``'s family."""
+    a = architecture(model)
+    return "dinov2_with_registers" if a.registers else "deit" if a.distilled else "vit"
+
+
 def _config_sizes(model):
-    """The sizes of ``model`` under the names of transformers' ViTConfig."""
-    a = ARCHITECTURES[model]
+    """The sizes of ``model`` under the names of transformers' configs."""
+    a = architecture(model)
     return {"hidden_size": a.D, "num_attention_heads": a.H, "num_hidden_layers": a.L,
-            "intermediate_size": a.M, "image_size": IMAGE_SIZE, "patch_size": P}
+            "intermediate_size": a.M, "image_size": a.image_size, "patch_size": a.P,
+            **({"num_register_tokens": a.registers} if a.registers else {})}
 
 
 def _other_model_hint(fits, model):
-    """For an error message: where another model ``fits``, a hint to choose it; else ''."""
-    other = next((m for m in ARCHITECTURES if m != model and fits(m)), None)
+    """For an error message: where another model of KNOWN ``fits``, a hint to choose it; else ''."""
+    other = next((m for m in KNOWN if m != model and fits(m)), None)
     return f"; {other} fits: choose that model (--model {other})" if other else ""
 
 
@@ -231,10 +293,6 @@ def _why_unloadable(path, error):
 
 def _in_timm_names(state, model):
     """A state dict in either naming, checked strictly -> in timm's names, qkv stacked."""
-    distilled = next((k for k in state if k == "dist_token" or str(k).startswith("deit.")), None)
-    if distilled:
-        raise WeightsError(f"these are distilled DeiT weights ({distilled!r}), which are not supported: "
-                           f"use the non-distilled {model}")
     try:
         return _renamed(state, model)
     except WeightsError as error:
@@ -250,11 +308,25 @@ def _fits(state, model):
 
 
 def _renamed(state, model):
-    """``state`` checked against ``model``'s keys and shapes in its own naming -> timm's names."""
-    shapes = expected_shapes(model)
-    if not any(str(k).startswith("vit.") for k in state):
+    """``state`` checked against ``model``'s keys and shapes in its own naming -> timm's names.
+
+    The head may have any number of classes (a fine-tuned one), or none where the model has none.
+    transformers' DINOv2 with registers adds its class token's position to the class token, as
+    timm's own conversion does (_convert_dinov2), and has an unused mask token, dropped.
+    """
+    naming = naming_of(state)
+    head = transformers_names("head.weight", naming)[0] if naming else "head.weight"
+    classes = state[head].shape[0] if torch.is_tensor(state.get(head)) and state[head].dim() == 2 else None
+    shapes = expected_shapes(model, classes)
+    if naming is None:
         return _checked(state, shapes, model)
-    names = {key: transformers_names(key) for key in shapes}
+    if naming == "embeddings.":
+        state = {k: v for k, v in state.items() if k != "embeddings.mask_token"}
+        positions = state.get("embeddings.position_embeddings")
+        if torch.is_tensor(positions) and torch.is_tensor(state.get("embeddings.cls_token")) and positions.dim() == 3:
+            state["embeddings.cls_token"] = state["embeddings.cls_token"] + positions[:, :1]
+            state["embeddings.position_embeddings"] = positions[:, 1:]
+    names = {key: transformers_names(key, naming) for key in shapes}
     state = _checked(state, _transformers_shapes(shapes, names), model)
     return {key: state[names[key][0]] if len(names[key]) == 1 else torch.cat([state[n] for n in names[key]])
             for key in shapes}
@@ -268,7 +340,7 @@ def _transformers_shapes(shapes, names):
 
 def _checked(state, shapes, model):
     """``state`` if it holds exactly the keys of ``shapes``, each a tensor of that shape."""
-    title = ARCHITECTURES[model].title
+    title = architecture(model).title
     missing = [k for k in shapes if k not in state]
     extra = [k for k in state if k not in shapes]
     if missing or extra:
@@ -298,11 +370,22 @@ def _nest(state, device, model):
         for part in path:
             node = node.setdefault(part, {})
         node[leaf] = value.detach().to(device=device, dtype=torch.float32, copy=True)
-    a = ARCHITECTURES[model]
+    a = architecture(model)
     tree["blocks"] = [tree["blocks"][str(i)] for i in range(a.L)]
     for block in tree["blocks"]:
         block["attn"]["heads"] = a.H
+    tree["architecture"] = replace(a, classes=tree["head"]["weight"].shape[0] if "head" in tree else 0)
     return tree
+
+
+def with_read_out(weights, read_out):
+    """A distilled DeiT's weights predicting by ``read_out`` (model.READ_OUTS: both heads' mean,
+    timm's prediction, or the class or distillation token's head alone); others as they are."""
+    if read_out not in READ_OUTS:
+        raise WeightsError(f"read-out is one of {', '.join(READ_OUTS)}, not {read_out!r}")
+    if "head_dist" not in weights or read_out == weights.get("read_out", "mean"):
+        return weights
+    return {**weights, "read_out": read_out}
 
 
 def _pretrained_file(model):
@@ -310,15 +393,18 @@ def _pretrained_file(model):
     seconds where there is no network, instead of the hub client's ~50 s of retries."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache  # with timm
 
-    release = Path(torch.hub.get_dir()) / "checkpoints" / RELEASE_FILES[model]
-    if release.is_file():
+    release = Path(torch.hub.get_dir()) / "checkpoints" / RELEASE_FILES.get(model, "")
+    if model in RELEASE_FILES and release.is_file():
         return release
-    cached = [(timm_hub_repo(model), TIMM_FILE)] + [(transformers_hub_repo(model), f) for f in TRANSFORMERS_FILES]
+    if not timm_hub_repo(model):
+        raise WeightsError(f"timm names no pretrained weights for {model}: pass your checkpoint with --weights")
+    transformers = transformers_hub_repo(model)
+    cached = [(timm_hub_repo(model), TIMM_FILE)] + [(transformers, f) for f in TRANSFORMERS_FILES if transformers]
     for repo, name in cached:
         found = try_to_load_from_cache(repo, name)  # a pure file look-up, no network
         if isinstance(found, str):
             return Path(found)
-    title = ARCHITECTURES[model].title
+    title = architecture(model).title
     how = f"fetch them where there is network ({fetch_command(model)}), then pass --weights or set {WEIGHTS_VARIABLE}"
     if constants.HF_HUB_OFFLINE:
         raise WeightsError(f"pretrained {title} weights are not in the local cache and "
@@ -333,9 +419,13 @@ def _pretrained_file(model):
 
 
 def fetch_command(model=DEFAULT_MODEL):
-    """The command that downloads ``model``'s official release file, and where else it is."""
-    return (f"curl -LO {RELEASE_URL}{RELEASE_FILES[model]}; or {HUB_URL}{timm_hub_repo(model)}, "
-            f"{HUB_URL}{transformers_hub_repo(model)}")
+    """The command that downloads ``model``'s pretrained file (the official DeiT release's where
+    there is one), and where else it is."""
+    timm_file = f"{HUB_URL}{timm_hub_repo(model)}/resolve/main/{TIMM_FILE}"
+    first = f"curl -LO {RELEASE_URL}{RELEASE_FILES[model]}; or {HUB_URL}{timm_hub_repo(model)}" \
+        if model in RELEASE_FILES else f"curl -L -o {model}.safetensors {timm_file}"
+    transformers = transformers_hub_repo(model)
+    return first + (f", {HUB_URL}{transformers}" if transformers else "")
 
 
 def _reachable(url):

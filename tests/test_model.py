@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deit_functional import forward, load_weights
-from deit_functional.model import ARCHITECTURES
+from deit_functional.architectures import KNOWN
 from timm_reference import random_timm_model, timm_attention
 
 pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
@@ -55,7 +55,7 @@ def test_retain_grad_works_inside_no_grad(weights, images):
 def parameter_count(tree):
     if torch.is_tensor(tree):
         return tree.numel()
-    if isinstance(tree, int):  # an attention's number of heads
+    if not isinstance(tree, (dict, list)):  # an attention's number of heads, the Architecture
         return 0
     return sum(parameter_count(t) for t in (tree.values() if isinstance(tree, dict) else tree))
 
@@ -73,7 +73,7 @@ def test_the_larger_deits_are_bitwise_timms_unfused(images, name, parameters):
     ref_logits, ref_maps, _ = timm_attention(model, images[:2])
     with torch.no_grad():
         logits, maps = forward(weights, images[:2])
-    a = ARCHITECTURES[name]
+    a = KNOWN[name]
     assert len(maps) == a.L and all(m.shape == (2, a.H, 197, 197) for m in maps)
     assert torch.equal(logits, ref_logits)
     for layer, (ours, theirs) in enumerate(zip(maps, ref_maps)):
@@ -85,7 +85,10 @@ def test_weights_of_another_size_are_refused_naming_the_model_they_fit():
     with pytest.raises(ValueError, match=r"'cls_token' has shape \(1, 1, 384\), expected \(1, 1, 192\); "
                                          r"deit_small_patch16_224 fits: choose that model \(--model"):
         load_weights(small)
-    small["pos_embed"] = torch.zeros(1, 577, 384)  # as deit_small_patch16_384's: no model here fits
+    small["pos_embed"] = torch.zeros(1, 577, 384)  # as a ViT-S/16 at 384's
+    with pytest.raises(ValueError, match=r"expected \(1, 1, 192\); vit_small_patch16_384 fits"):
+        load_weights(small)
+    small["pos_embed"] = torch.zeros(1, 578, 384)  # no model fits
     with pytest.raises(ValueError, match=r"expected \(1, 1, 192\)$"):
         load_weights(small)
 

@@ -65,7 +65,7 @@ def test_inputs_are_made_on_one_torch_thread_and_the_model_runs_on_all(weights, 
     from deit_functional import pipeline
     threads, seen = torch.get_num_threads(), {"input": set(), "model": set()}
     to_input, explain_batch = pipeline.to_input, pipeline.explain_batch
-    monkeypatch.setattr(pipeline, "to_input", lambda p: seen["input"].add(torch.get_num_threads()) or to_input(p))
+    monkeypatch.setattr(pipeline, "to_input", lambda *a: seen["input"].add(torch.get_num_threads()) or to_input(*a))
     monkeypatch.setattr(pipeline, "explain_batch",
                         lambda *a: seen["model"].add(torch.get_num_threads()) or explain_batch(*a))
     job = pipeline.Job(methods=(METHODS["attention"],), categories=(), head_fusions=("mean",), discard_ratio=0.9,
