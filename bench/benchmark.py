@@ -1,7 +1,8 @@
 """What an explanation costs, against timm's own forward passes, in one run.
 
     python bench/benchmark.py            # batch 1, 32 and 64, every method, attention flow, whole processes,
-                                         # removal curves (20-25 min), then --method all over 32 pictures (~30 min)
+                                         # removal curves, the ViT family (25-30 min), then --method all over
+                                         # 32 pictures (~30 min)
     python bench/benchmark.py --smoke    # a seconds-long check that every row runs (CI)
 
 Every row runs on the same seeded random weights (in the same memory: sharing_storage) and
@@ -364,6 +365,31 @@ def removal_table(batch, repeats):
           f"{ratio_text([t / p for t, p in zip(token, patch)])} | ≤ 0.6 |", flush=True)
 
 
+def family_table(batch, repeats, names=None):
+    """Attention Rollout (mean, discard 0.9) on one checkpoint of each family of the ViT family
+    test (tests/test_family.py), against timm's unfused forward of the same random model and
+    inputs, interleaved: ms per picture and the paired ratio."""
+    from test_family import FAMILIES
+    lines = [f"\nthe ViT family, CPU, batch {batch} ({repeats} interleaved repeats): Attention Rollout "
+             "against timm's unfused forward of the same model",
+             "| model | tokens | timm unfused ms/image | ours ms/image | × timm unfused |",
+             "|---|---:|---:|---:|---:|"]
+    for name in names or FAMILIES:
+        model = random_timm_model(name=name)
+        weights = sharing_storage(load_weights(model, model=name), model)
+        a = weights["architecture"]
+        x = torch.randn(batch, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(1))
+        functions = {"timm": timm_forward(model, fused=False),
+                     "ours": lambda x: explain(weights, x, "attention", discard_ratio=0.9)}
+        for fn in functions.values():
+            fn(x)
+        times = time_rounds(functions, x, torch.device("cpu"), repeats)
+        ratios = [o / t for o, t in zip(times["ours"], times["timm"])]
+        lines.append(f"| {name} | {a.N} | {1000 * statistics.median(times['timm']) / batch:.1f} | "
+                     f"{1000 * statistics.median(times['ours']) / batch:.1f} | {ratio_text(ratios)} |")
+    print("\n".join(lines), flush=True)
+
+
 def comparison_table(pictures, methods="all"):
     """--method all over ``pictures`` of the sample photos, in this process (pipeline.run): its
     wall time, and the share of it spent in model runs -- every forward (model.trace) and
@@ -445,6 +471,7 @@ def main():
     script_table(1 if args.smoke else 5, (3, 6) if args.smoke else (64, 320), batch,
                  more_rounds=0 if args.smoke else MORE_ROUNDS)
     removal_table(batch, 1 if args.smoke else 7)
+    family_table(1, 1, names=("deit3_small_patch16_224",)) if args.smoke else family_table(8, 7)
     comparison_table(1, "raw-attention") if args.smoke else comparison_table(32)  # the smoke: the path, cheaply
 
 

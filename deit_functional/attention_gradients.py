@@ -83,6 +83,9 @@ def head_importance(attention, gradient):
 def beyond_intuition(run, head_fusion="weighted"):
     """Beyond Intuition's head-wise map: R = Π (I + Σ_h I_h A_h) from layer 4, its CLS row
     weighted by the integrated gradient of the last layer's map -> (B, G, G)."""
+    if len(run.attentions) < BEYOND_INTUITION_START:
+        raise ValueError(f"Beyond Intuition rolls out from layer {BEYOND_INTUITION_START}; this model has "
+                         f"{len(run.attentions)} blocks")
     layers = [einsum(head_importance(a, g), a, "b h, b h i j -> b i j")
               for a, g in list(zip(run.attentions, run.gradients))[BEYOND_INTUITION_START - 1:]]
     row = cls_row_of_product(layers, renormalise=False)  # row 0 of (I + Ā_L) ... (I + Ā_s), (B, N)

@@ -163,7 +163,8 @@ def parser_for(methods):
                         "or transformers'), else timm's, downloaded (README: Weights)")
     p.add_argument("--model", type=model_name, default=DEFAULT_MODEL, metavar="NAME",
                    help="which ViT to explain, by timm's name; checked: " + ", ".join(KNOWN) + " (default: "
-                        "%(default)s, the homework's); its input size, mean and std are the checkpoint's own")
+                        "%(default)s, the homework's); another plain timm ViT is read from timm. Its input "
+                        "size, mean and std are the checkpoint's own")
     p.add_argument("--labels", type=path, metavar="FILE",
                    help="the class names of a fine-tuned head, one per line, as many as the head has classes "
                         "(default: ImageNet's 1000)")
@@ -362,29 +363,38 @@ def categories(args):
             raise UsageError(f"argument --category: {error}") from None
 
 
-def check_model(args, methods, weights):
+def check_model(args, methods):
+    """Refuse what --model cannot do, before its weights load: a read-out without two heads,
+    Attention Flow on too many tokens."""
+    a = architecture(args.model)
+    if args.read_out is not None and not a.distilled:
+        raise UsageError(f"--read-out: {a.title} ({args.model}) has one head, on its class token; only a "
+                         "distilled DeiT has two")
+    if a.N > FLOW_TOKENS and any(m.name == "flow" for m in methods):
+        raise UsageError(f"--method flow: {a.title} has {a.N} tokens; Attention Flow's cost grows as their cube "
+                         f"(about {(a.N / 197) ** 3:.0f} times DeiT-tiny's ~1 s per picture): choose rollout")
+
+
+def check_head(args, weights):
     """Refuse what ``weights`` (of --model) cannot do, in one line each: a --labels file of
-    another size than the head, a class beyond it, a read-out without two heads, probabilities
-    of a model without a classifier, Attention Flow on too many tokens."""
+    another size than the head, a head not ImageNet's without one, probabilities of a model
+    without a classifier."""
     a = weights["architecture"]
     title = f"{a.title} ({args.model})"
     if args.labels is not None and a.classes == 0:
         raise UsageError(f"--labels: {title} has no classifier; give --weights a checkpoint with a head")
     names = class_names_of(args)
-    outputs = a.classes or a.D
-    if names is not None and len(names) != outputs:
+    if args.labels is not None and len(names) != a.classes:
         raise UsageError(f"--labels {args.labels}: {len(names)} names, but the head of these weights has "
                          f"{a.classes} classes")
-    if names is None and a.classes != C:
+    if args.labels is None and a.classes not in (0, C):
         raise UsageError(f"--weights: a head of {a.classes} classes, not ImageNet's {C}: name them with --labels FILE")
-    if args.read_out is not None and "head_dist" not in weights:
-        raise UsageError(f"--read-out: {title} has one head, on its class token; only a distilled DeiT has two")
     if a.classes == 0 and (args.evaluate or args.compare or args.report or ALL in flat_items(args.method)):
         raise UsageError(f"{title} has no classifier (its output is its {a.D} features), so there is no class "
                          "probability to evaluate or compare by; fine-tune a head and pass it with --weights")
-    if a.N > FLOW_TOKENS and any(m.name == "flow" for m in methods):
-        raise UsageError(f"--method flow: {title} has {a.N} tokens; Attention Flow's cost grows as their cube "
-                         f"(about {(a.N / 197) ** 3:.0f} times DeiT-tiny's ~1 s per picture): choose rollout")
+    for category in flat_items(categories(args)):
+        if category >= (a.classes or a.D):
+            raise UsageError(f"argument --category: {category} is beyond the {a.classes or a.D} outputs of these weights")
 
 
 def flat_items(lists):
@@ -460,8 +470,9 @@ def _main(methods, argv):
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)
+        check_model(args, job.methods)
         weights = load_weights(args.weights, device=device, model=job.model)
-        check_model(args, job.methods, weights)
+        check_head(args, weights)
         weights = with_read_out(weights, args.read_out or "mean")
         if ALL in (item for items in args.method for item in items):  # every check passed: say what is left out
             for method in METHODS.values():

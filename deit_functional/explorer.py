@@ -63,7 +63,8 @@ def page_data(result):
         "method": method.title + (f" for class {result.category}, {short_name(result.category)}"
                                   if method.uses_gradient else ""),
         "model": architecture(result.model).title, "layers": L, "heads": H, "tokens": N,
-        "prefix": architecture(result.model).prefix, "grid": architecture(result.model).G,
+        "prefix": architecture(result.model).prefix, "prefixNames": list(architecture(result.model).token_names),
+        "grid": architecture(result.model).G,
         "fusions": list(result.layers),
         "by_layer": {f: _b64(np.rint(np.asarray(by_layer, np.float32) * 255).astype(np.uint8))
                      for f, (by_layer, _) in result.layers.items()},
@@ -209,8 +210,9 @@ function render() {
     panel.caption.textContent = p < H ? panel.name : `fused (${fusion})`;
     draw(panel.canvas, [...Array(G * G).keys()].map((k) => panel.row(layer, token, k + P0)), false);
   });
-  const toCls = panels.map((panel, p) => `${p < H ? panel.name : fusion} ${panel.row(layer, token, 0).toFixed(4)}`);
-  $("to-cls").textContent = `Attention to the class token: ${toCls.join(", ")}`;
+  // the prefix tokens are in no map: their attention is listed apart, the class token first
+  $("to-cls").textContent = D.prefixNames.map((name, t) => `Attention to ${t ? name : "the class token"}: ` +
+    panels.map((panel, p) => `${p < H ? panel.name : fusion} ${panel.row(layer, token, t).toFixed(4)}`).join(", ")).join("; ");
   showReadout();
 }
 

@@ -42,10 +42,14 @@ def read_labels(path):
     return names
 
 
-def _kind(article=""):
-    """What the classes are, for a message: "ImageNet class" or "class of the --labels file"."""
-    words = "ImageNet class" if class_names() is imagenet_names() else "class of this model"
-    return f"{article} {words}".strip()
+def _imagenet():
+    """Whether the classes are ImageNet's."""
+    return class_names() is imagenet_names()
+
+
+def are_features():
+    """Whether the outputs are a model's features (it has no classifier): not probabilities."""
+    return class_names()[0] == feature_names(1)[0]
 
 
 @contextmanager
@@ -91,7 +95,8 @@ def class_index(text):
     if text.lstrip("+-").isdigit():
         index = int(text)
         if not 0 <= index < len(class_names()):
-            raise ValueError(f"{text} is not {_kind('an')} index (0..{len(class_names()) - 1})")
+            which = "an ImageNet class index" if _imagenet() else "a class index of this model"
+            raise ValueError(f"{text} is not {which} (0..{len(class_names()) - 1})")
         return index
     key = text.lower()
     names = [[name.strip() for name in line.split(",")] for line in class_names()]
@@ -101,7 +106,8 @@ def class_index(text):
     if len(classes) == 1:
         return classes[0]
     if not classes:
-        raise ValueError(f"no {_kind()} is called {text!r} or has a name starting so")
+        raise ValueError(f"no {'ImageNet class' if _imagenet() else 'class of this model'} is called {text!r} "
+                         "or has a name starting so")
     named = {i: name for i, name in reversed(fitting)}
     shown = "; ".join(f"{i} {short_name(i)}" + (f" ({named[i]})" if named[i] != short_name(i) else "")
                       for i in classes[:6])

@@ -20,7 +20,7 @@ import numpy as np
 
 from .drawing import Look, curves_figure, layer_figure, result_figure, upsample
 from .explorer import explorer_page
-from .labels import class_names, rank, short_name, top, top_classes
+from .labels import are_features, class_names, rank, short_name, top, top_classes
 from .architectures import architecture
 from .model import DEFAULT_MODEL
 from .methods import METHODS, Method
@@ -231,7 +231,7 @@ def class_line(probabilities, category):
     """'258 Samoyed (p 0.021, rank 7 of 1000)': a class, its probability and its rank."""
     p = float(probabilities[category])
     shown = f"{p:.3f}" if abs(p) >= 0.001 else f"{p:.1e}"  # a small probability keeps its digits
-    word = "value" if short_name(category).startswith("feature ") else "p"  # a model without a classifier
+    word = "value" if are_features() else "p"  # a model without a classifier gives its features
     return f"{category} {short_name(category)} ({word} {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
 
 
@@ -246,7 +246,9 @@ def printed(result, files, notes, quiet=0, first=True):
     if quiet == 1:
         what = f"{method.option} " + ("class" if method.uses_gradient else "top class")
         return [f"{result.path}: {what} {class_line(result.probabilities, result.category)} -> {files['overlay']}"]
-    lines = [f"{result.path}:", *top_classes(result.probabilities)] if first else []
+    top5 = (["  no classifier: the class token's largest features"] if are_features() else []) + \
+        top_classes(result.probabilities)
+    lines = [f"{result.path}:", *top5] if first else []
     if method.uses_gradient:
         lines.append(f"  {method.title}, class {class_line(result.probabilities, result.category)}")
     if result.faithfulness is not None:

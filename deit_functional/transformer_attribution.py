@@ -117,12 +117,20 @@ def block_relevance(x, p, attn, R):
 
 def head_relevance(x, w, category):
     """From the one-hot of ``category`` (B,) through model.head: -> R of its input x (B, N, D),
-    all on the CLS token."""
+    all on the CLS token (a distilled DeiT's mean of two heads: half on each head's token; a
+    model without a classifier: on feature ``category`` of the CLS token)."""
     normed = layer_norm(x, w["norm"])
-    cls = normed[:, 0]
-    R_cls = linear_relevance(cls, w["head"], F.one_hot(category, w["head"]["weight"].shape[0]).to(x.dtype))
     R = torch.zeros_like(x)
-    R[:, 0] = cls * safe_divide(R_cls, cls)  # reading the CLS row (their IndexSelect); the LayerNorm passes it
+    if "head" not in w:
+        R[:, 0] = F.one_hot(category, x.shape[-1]).to(x.dtype)
+        return R
+    read_out = w.get("read_out", "mean") if "head_dist" in w else "cls"
+    heads = {"cls": [(0, "head")], "dist": [(1, "head_dist")], "mean": [(0, "head"), (1, "head_dist")]}[read_out]
+    for token, name in heads:
+        read = normed[:, token]
+        start = F.one_hot(category, w[name]["weight"].shape[0]).to(x.dtype) / len(heads)
+        # reading the token's row (their IndexSelect); the LayerNorm passes it
+        R[:, token] = read * safe_divide(linear_relevance(read, w[name], start), read)
     return R
 
 

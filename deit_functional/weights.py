@@ -140,7 +140,9 @@ def transformers_names(key, naming="vit."):
     table = TRANSFORMERS_NAMES[naming]
     block = re.match(r"blocks\.(\d+)\.", key)
     general = key.replace(block.group(0), "blocks.{i}.", 1) if block else key
-    prefix = next(p for p in table if general.startswith(p))
+    prefix = next((p for p in table if general.startswith(p)), None)
+    if prefix is None:
+        raise WeightsError(f"transformers' {naming.rstrip('.')} naming has no name for {key!r}")
     name = table[prefix] + general[len(prefix):]
     i = block.group(1) if block else None
     return [name.format(i=i, part=part) for part in QKV] if "{part}" in name else [name.format(i=i)]
@@ -315,7 +317,7 @@ def _renamed(state, model):
     timm's own conversion does (_convert_dinov2), and has an unused mask token, dropped.
     """
     naming = naming_of(state)
-    head = transformers_names("head.weight", naming)[0] if naming else "head.weight"
+    head = "head.weight" if naming is None else TRANSFORMERS_NAMES[naming].get("head.", "no head.") + "weight"
     classes = state[head].shape[0] if torch.is_tensor(state.get(head)) and state[head].dim() == 2 else None
     shapes = expected_shapes(model, classes)
     if naming is None:
@@ -326,7 +328,7 @@ def _renamed(state, model):
         if torch.is_tensor(positions) and torch.is_tensor(state.get("embeddings.cls_token")) and positions.dim() == 3:
             state["embeddings.cls_token"] = state["embeddings.cls_token"] + positions[:, :1]
             state["embeddings.position_embeddings"] = positions[:, 1:]
-    names = {key: transformers_names(key, naming) for key in shapes}
+    names = {key: transformers_names(key, naming) for key in shapes}  # a WeightsError where a key has none
     state = _checked(state, _transformers_shapes(shapes, names), model)
     return {key: state[names[key][0]] if len(names[key]) == 1 else torch.cat([state[n] for n in names[key]])
             for key in shapes}

@@ -194,3 +194,36 @@ def _attention():
         _put(proj[:, h, 0], ACC_R, ETA / H)
         _put(proj[:, h, 1], ACC_B, ETA / H)
     return qkv.reshape(3 * D, D), proj.reshape(D, D)
+
+
+def register_code():
+    """(D,) the static part of a register token: a patch's code at the grid's centre (gy = gx =
+    0), so the class token scores it as a grey patch and patches as a patch at the centre."""
+    code = torch.zeros(D, dtype=torch.float64)
+    _put(code, PATF, 1.0)
+    _put(code, FILL, torch.sqrt(torch.tensor(STATIC_NORM ** 2 - 1.0, dtype=torch.float64)))
+    _put(code, BAL, BALLAST)
+    return code.float()
+
+
+def planted_with_registers(registers=4):
+    """The planted model rebuilt as a DINOv2-style ViT (architectures.py's switches): ``registers``
+    register tokens, the position embedding on the patches only (the class token's added into the
+    class token, as timm converts DINOv2) and LayerScale, 0.5 on the attention branch with the
+    output projection doubled and 2 on the (zero) MLP: the same function, another forward path.
+    -> (state dict in timm's names, its Architecture)."""
+    from dataclasses import replace
+    from deit_functional.architectures import KNOWN
+
+    architecture = replace(KNOWN["deit_tiny_patch16_224"], title="planted DeiT-tiny with registers",
+                           registers=registers, patch_positions_only=True, layer_scale=True)
+    state = planted_state_dict()
+    codes = state.pop("pos_embed")[0]  # (N, D), row 0 the class token's
+    state["cls_token"] = state["cls_token"] + codes[None, :1]
+    state["pos_embed"] = codes[None, 1:].clone()
+    state["reg_token"] = register_code().expand(1, registers, D).clone()
+    for i in range(L):
+        state[f"blocks.{i}.attn.proj.weight"] = state[f"blocks.{i}.attn.proj.weight"] * 2
+        state[f"blocks.{i}.ls1.gamma"] = torch.full((D,), 0.5)
+        state[f"blocks.{i}.ls2.gamma"] = torch.full((D,), 2.0)
+    return state, architecture

@@ -111,14 +111,14 @@ def test_integrated_gradients_equal_captum(timm_model, weights, pair):
     Gauss-Legendre rule, 32 steps."""
     from captum.attr import IntegratedGradients
 
-    baseline = black_picture(pair).expand_as(pair)
+    baseline = black_picture(pair, weights).expand_as(pair)
     theirs = IntegratedGradients(timm_model).attribute(pair, baselines=baseline, target=CATEGORIES.tolist(),
                                                        n_steps=32, method="gausslegendre")
     ours = input_relevance(weights, pair, "gradient", steps=32)
     assert relative(ours, theirs) < 1e-4
     assert METHODS["integrated-gradients"].steps == 32
     # the baseline is the black picture: 0 in pixels, -mean/std once normalised
-    torch.testing.assert_close(black_picture(pair).flatten(), torch.tensor([-0.485 / 0.229, -0.456 / 0.224,
+    torch.testing.assert_close(black_picture(pair, weights).flatten(), torch.tensor([-0.485 / 0.229, -0.456 / 0.224,
                                                                             -0.406 / 0.225]))
 
 
@@ -200,7 +200,7 @@ def test_a_run_that_could_not_give_what_it_names_is_refused():
 
 def test_patch_sums_add_each_patchs_pixels():
     pixels = torch.arange(224 * 224, dtype=torch.float64).reshape(224, 224)
-    sums = patch_sums(pixels)
+    sums = patch_sums(pixels, 14)
     assert sums.shape == (14, 14)
     assert sums[2, 5] == pixels[32:48, 80:96].sum() and sums.sum() == pixels.sum()
 

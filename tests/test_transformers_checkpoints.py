@@ -17,7 +17,7 @@ from deit_functional import WeightsError, explain, forward, load_weights, read_p
 from deit_functional import weights as weights_module
 from deit_functional.drawing import upsample
 from script_runs import GRADIENT, ROOT
-from timm_reference import random_timm_model, timm_attention
+from timm_reference import random_timm_model, timm_attention, timm_state
 
 # Measured: logits (up to 2.3) 8.7e-5 apart, attention maps 2.8e-6; with query and key swapped
 # they are 0.67 and 0.056 apart. The gap is the LayerNorm epsilon: the checkpoint's config says
@@ -94,17 +94,8 @@ def test_a_transformers_checkpoint_gives_transformers_logits_and_maps(saved, hf_
 def test_the_renamed_weights_drive_timms_own_model_as_transformers_drives_its_own(saved, hf_outputs, images):
     """Loaded into timm's deit_tiny_patch16_224 by its own strict load_state_dict, the renamed
     tensors make timm give transformers' logits: each went to the parameter that does its job."""
-    weights = load_weights(saved)
-    state = {}
-    def flatten(tree, prefix):
-        for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
-            if torch.is_tensor(value):
-                state[f"{prefix}{key}"] = value
-            elif key != "heads":
-                flatten(value, f"{prefix}{key}.")
-    flatten(weights, "")
     model = random_timm_model()
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(timm_state(load_weights(saved)), strict=True)
     logits, maps, _ = timm_attention(model, images)
     torch.testing.assert_close(logits, hf_outputs[0], rtol=0, atol=LOGITS_TOLERANCE)
     for layer, (theirs, transformers_map) in enumerate(zip(maps, hf_outputs[1])):
@@ -116,8 +107,8 @@ def test_the_renamed_weights_drive_timms_own_model_as_transformers_drives_its_ow
      "missing key 'vit.encoder.layer.3.attention.attention.key.weight'"),
     (lambda s: s.__setitem__("vit.encoder.layer.5.attention.attention.value.bias", torch.zeros(576)),
      r"key 'vit.encoder.layer.5.attention.attention.value.bias' has shape \(576,\), expected \(192,\)"),
-    (lambda s: s.__setitem__("classifier.weight", torch.zeros(10, 192)),
-     r"key 'classifier.weight' has shape \(10, 192\), expected \(1000, 192\)"),
+    (lambda s: s.__setitem__("classifier.weight", torch.zeros(10, 192)),  # a head of 10 classes, 1000 biases
+     r"key 'classifier.bias' has shape \(1000,\), expected \(10,\)"),
     (lambda s: s.__setitem__("vit.pooler.dense.weight", torch.zeros(192, 192)),
      "unexpected key 'vit.pooler.dense.weight'"),
 ])
@@ -139,8 +130,11 @@ def test_a_config_of_another_size_is_refused_naming_the_model_it_fits(tmp_path, 
                                            r"deit_small_patch16_224 fits: choose that model \(--model"):
         load_weights(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, **small, "image_size": 384}))
+    with pytest.raises(WeightsError, match="has hidden_size 384, but DeiT-tiny has 192; vit_small_patch16_384 fits"):
+        load_weights(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, **small, "image_size": 320}))
     with pytest.raises(WeightsError, match="has hidden_size 384, but DeiT-tiny has 192$"):
-        load_weights(tmp_path)  # deit_small_patch16_384's: no model here fits
+        load_weights(tmp_path)  # no model here fits
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_attention_heads": 6}))
     with pytest.raises(WeightsError, match="has num_attention_heads 6, but DeiT-tiny has 3"):
         load_weights(tmp_path)  # the one size the tensors cannot tell
@@ -148,7 +142,7 @@ def test_a_config_of_another_size_is_refused_naming_the_model_it_fits(tmp_path, 
     with pytest.raises(WeightsError, match="has hidden_size '192', but DeiT-tiny has 192"):
         load_weights(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "deit"}))
-    with pytest.raises(WeightsError, match="describes a model of type 'deit', not 'vit'"):
+    with pytest.raises(WeightsError, match="describes a model of type 'deit', but DeiT-tiny is one of type 'vit'"):
         load_weights(tmp_path)
 
 
@@ -178,12 +172,14 @@ def test_each_model_has_its_own_hub_and_release_names():
         assert weights_module.RELEASE_FILES[model] == f"deit_{size}_patch16_224-{release}.pth"
 
 
-def test_distilled_deit_weights_are_refused_clearly(hf_state, timm_model):
-    with pytest.raises(WeightsError, match=r"distilled DeiT weights \('dist_token'\)"):
-        load_weights({**timm_model.state_dict(), "dist_token": torch.zeros(1, 1, 192)})
-    teacher = {k.replace("vit.", "deit.", 1): v for k, v in hf_state.items()}  # DeiTForImageClassificationWithTeacher
-    with pytest.raises(WeightsError, match=r"distilled DeiT weights \('deit\."):
-        load_weights(teacher)
+def test_distilled_deit_weights_name_the_distilled_model(hf_state):
+    distilled = random_timm_model(name="deit_tiny_distilled_patch16_224").state_dict()
+    with pytest.raises(WeightsError, match=r"unexpected key 'dist_token'.*; deit_tiny_distilled_patch16_224 fits"):
+        load_weights(distilled)
+    assert load_weights(distilled, model="deit_tiny_distilled_patch16_224")["architecture"].distilled
+    teacher = {k.replace("vit.", "deit.", 1): v for k, v in hf_state.items()}  # no distillation token or head
+    with pytest.raises(WeightsError, match=r"missing key 'deit.embeddings.distillation_token'"):
+        load_weights(teacher, model="deit_tiny_distilled_patch16_224")
 
 
 def test_a_folder_without_a_checkpoint_is_refused(tmp_path):

@@ -9,18 +9,29 @@ from contextlib import contextmanager
 import torch
 
 
-def random_timm_model(seed=0, device="cpu", name="deit_tiny_patch16_224"):
+def random_timm_model(seed=0, device="cpu", name="deit_tiny_patch16_224", **sizes):
     """timm's ``name`` (deit_tiny_patch16_224) in eval mode with seeded random weights, every parameter
     drawn from N(0, 0.05^2): timm zero-inits biases and ones LayerNorm scales, and perturbing
-    them all means nothing in a comparison is trivially 0 or 1."""
+    them all means nothing in a comparison is trivially 0 or 1. ``sizes`` go to timm (depth=2)."""
     import timm
 
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False).eval()
+    model = timm.create_model(name, pretrained=False, **sizes).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
     return model.to(device)
+
+
+def timm_state(weights, prefix=""):
+    """Our nested weights -> timm's flat state dict: the tensors alone, by their timm names."""
+    state = {}
+    for key, value in (weights.items() if isinstance(weights, dict) else enumerate(weights)):
+        if torch.is_tensor(value):
+            state[f"{prefix}{key}"] = value
+        elif isinstance(value, (dict, list)):
+            state.update(timm_state(value, f"{prefix}{key}."))
+    return state
 
 
 @contextmanager
