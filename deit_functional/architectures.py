@@ -75,6 +75,11 @@ class Architecture:
         return self.prefix + self.G * self.G
 
     @property
+    def map_bytes(self):
+        """One picture's L attention maps (H, N, N) in float32: what a run keeps of each picture."""
+        return 4 * self.L * self.H * self.N * self.N
+
+    @property
     def token_names(self):
         """The prefix tokens' names, in order."""
         return ("CLS",) + ("DIST",) * self.distilled + tuple(f"REG{i + 1}" for i in range(self.registers))

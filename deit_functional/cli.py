@@ -5,6 +5,7 @@ Every argument is checked before any work starts, and bad input ends the run wit
 line, one error line on stderr and exit status 2, before anything is written.
 """
 import argparse
+from dataclasses import replace
 import math
 import os
 import sys
@@ -26,7 +27,7 @@ from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
 from .methods import INPUT_STEPS, METHODS, STEPS
 from .rollout import HEAD_FUSIONS
-from .weights import WEIGHTS_VARIABLE, WeightsError, load_weights, with_read_out
+from .weights import WEIGHTS_VARIABLE, WeightsError, at_image_size, load_weights, with_read_out
 
 # what --evaluate adds, measured in bench/README.md ("What --evaluate costs")
 EVALUATE_COST = ("on 2 CPU cores about 0.8 s more per picture with one fusion, 2 s with all three, where a "
@@ -78,6 +79,10 @@ def model_name(text):
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
+
+BATCH = 32  # pictures per forward pass, by default
+MAP_BUDGET = 2 << 30  # bytes of attention maps a default batch may keep (architectures.Architecture.map_bytes)
+PAGE_TOKENS = 600  # above this many tokens the explorer page (L H N^2 bytes) is refused
 
 # Flow's cost grows as the cube of the tokens (N max-flow problems on a graph of L N^2 edges):
 # DeiT-tiny's 197 tokens take about a second per picture; above this many it is refused.
@@ -176,8 +181,13 @@ def parser_for(methods):
                    help="folder for the results, created if missing; existing files are never "
                         "overwritten (default: ./%(default)s)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                   help="pictures per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help=f"pictures per forward pass (default: {BATCH}, fewer where a batch's attention maps "
+                        f"would pass {MAP_BUDGET >> 30} GiB: DINOv2's are 540 MB a picture)")
+    p.add_argument("--image-size", type=positive_int, metavar="S",
+                   help="the model's input side in pixels, a multiple of its patch: the position embedding "
+                        "resampled as timm does (default: the checkpoint's; e.g. 224 for DINOv2's 518, "
+                        "whose 1,374 tokens are slow and large)")
     p.add_argument("--save-grid", action="store_true",
                    help="also save the 14x14 patch map as <name>_grid.npy (for a per-pixel method, "
                         "the sum over each patch)")
@@ -333,7 +343,7 @@ def job_from(args):
     fusion = args.head_fusion or ("all" if args.report else "mean")
     return Job(methods=chosen, categories=flat(categories(args)),
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
-               discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=args.batch_size,
+               discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=batch_size(args),
                per_layer=args.per_layer, html=args.html, report=args.report,
                evaluate=args.evaluate or args.report, compare=compare, boxes=boxes,
                sanity_pictures=SANITY_PICTURES if args.sanity_pictures is None else args.sanity_pictures,
@@ -363,16 +373,34 @@ def categories(args):
             raise UsageError(f"argument --category: {error}") from None
 
 
-def check_model(args, methods):
-    """Refuse what --model cannot do, before its weights load: a read-out without two heads,
-    Attention Flow on too many tokens."""
+def sized(args):
+    """--model's Architecture at --image-size."""
     a = architecture(args.model)
+    return replace(a, image_size=args.image_size) if args.image_size else a
+
+
+def batch_size(args):
+    """--batch-size, or BATCH pictures, fewer where their maps would pass MAP_BUDGET."""
+    return args.batch_size or max(1, min(BATCH, MAP_BUDGET // sized(args).map_bytes))
+
+
+def check_model(args, methods):
+    """Refuse what --model cannot do, before its weights load: an input size not a multiple of
+    the patch, a read-out without two heads, Attention Flow or an explorer page on too many tokens."""
+    if args.image_size is not None and args.image_size % architecture(args.model).P:
+        raise UsageError(f"--image-size {args.image_size}: {architecture(args.model).title} takes a multiple of "
+                         f"its {architecture(args.model).P}-pixel patch")
+    a = sized(args)
     if args.read_out is not None and not a.distilled:
         raise UsageError(f"--read-out: {a.title} ({args.model}) has one head, on its class token; only a "
                          "distilled DeiT has two")
     if a.N > FLOW_TOKENS and any(m.name == "flow" for m in methods):
         raise UsageError(f"--method flow: {a.title} has {a.N} tokens; Attention Flow's cost grows as their cube "
                          f"(about {(a.N / 197) ** 3:.0f} times DeiT-tiny's ~1 s per picture): choose rollout")
+    if a.N > PAGE_TOKENS and args.html:
+        grid = math.isqrt(PAGE_TOKENS - a.prefix)  # the largest input whose page is allowed
+        raise UsageError(f"--html: {a.title} has {a.N} tokens; its page would hold {a.map_bytes / 3 / 2**20:.0f} MB "
+                         f"of maps per picture: give --image-size {grid * a.P} or less ({grid * grid + a.prefix} tokens)")
 
 
 def check_head(args, weights):
@@ -473,6 +501,8 @@ def _main(methods, argv):
         check_model(args, job.methods)
         weights = load_weights(args.weights, device=device, model=job.model)
         check_head(args, weights)
+        if args.image_size:
+            weights = at_image_size(weights, args.image_size)
         weights = with_read_out(weights, args.read_out or "mean")
         if ALL in (item for items in args.method for item in items):  # every check passed: say what is left out
             for method in METHODS.values():

@@ -22,7 +22,7 @@ import json
 import numpy as np
 
 from .curves import curves_svg
-from .labels import short_name, top
+from .labels import are_features, short_name, top
 from .architectures import architecture
 
 SIDE = 448  # the picture's longer side on the page, in pixels
@@ -56,6 +56,7 @@ def page_data(result):
     """A PictureResult with ``attentions`` and ``layers`` -> the page's numbers, JSON-ready."""
     codes, step = quantised_rows(result.attentions)
     L, H, N, _ = codes.shape
+    grid = next(iter(result.layers.values()))[0].shape[-1]  # G: the maps' side (prefix tokens: N - G*G)
     method = result.method
     return {
         "picture": _b64(_jpeg(result.picture)),
@@ -63,13 +64,12 @@ def page_data(result):
         "method": method.title + (f" for class {result.category}, {short_name(result.category)}"
                                   if method.uses_gradient else ""),
         "model": architecture(result.model).title, "layers": L, "heads": H, "tokens": N,
-        "prefix": architecture(result.model).prefix, "prefixNames": list(architecture(result.model).token_names),
-        "grid": architecture(result.model).G,
+        "prefix": N - grid * grid, "prefixNames": list(architecture(result.model).token_names), "grid": grid,
         "fusions": list(result.layers),
         "by_layer": {f: _b64(np.rint(np.asarray(by_layer, np.float32) * 255).astype(np.uint8))
                      for f, (by_layer, _) in result.layers.items()},
         "attention": _b64(codes), "step": _b64(step.astype("<f4")),
-        "top5": top(result.probabilities),
+        "top5": top(result.probabilities), "features": are_features(),
         "faithfulness": result.faithfulness,
         "curves": curves_svg(result.faithfulness, short_name(result.category)) if result.faithfulness else None,
         "gradient": method.uses_gradient,
@@ -131,11 +131,11 @@ PAGE = """<!doctype html>
     <h2>Where <span id="token-label"></span> attends in layer <span id="head-layer"></span></h2>
     <p class="hint" id="heads-say"></p>
     <div class="heads" id="heads"></div>
-    <p id="to-cls"></p>
+    <p id="to-cls" style="white-space: pre-line"></p>
     <p id="readout">Hover over a panel to read its values.</p>
   </section>
 </div>
-<section><h2>Top-5 classes</h2><table id="top5"></table></section>
+<section><h2 id="top5-title">Top-5 classes</h2><table id="top5"></table></section>
 <section id="faithfulness" hidden><h2>Faithfulness (perturbation test)</h2>
   <p class="hint">Probability of the class as the most (positive) or least (negative) relevant
   patches are removed: lower positive and higher negative areas mean a more faithful map.</p>
@@ -212,7 +212,7 @@ function render() {
   });
   // the prefix tokens are in no map: their attention is listed apart, the class token first
   $("to-cls").textContent = D.prefixNames.map((name, t) => `Attention to ${t ? name : "the class token"}: ` +
-    panels.map((panel, p) => `${p < H ? panel.name : fusion} ${panel.row(layer, token, t).toFixed(4)}`).join(", ")).join("; ");
+    panels.map((panel, p) => `${p < H ? panel.name : fusion} ${panel.row(layer, token, t).toFixed(4)}`).join(", ")).join("\\n");
   showReadout();
 }
 
@@ -261,7 +261,9 @@ $("heads-say").textContent = "Raw attention, as the model computed it" +
   (D.gradient ? " (not weighted by the gradient, unlike the map)." : ".");
 $("layer").max = L; $("layer").value = L;
 for (const f of D.fusions) $("fusion").append(new Option(f, f));
-$("top5").innerHTML = "<tr><th>p</th><th>class</th><th>name</th></tr>";
+$("top5").innerHTML = D.features ? "<tr><th>value</th><th>feature</th><th>name</th></tr>"
+  : "<tr><th>p</th><th>class</th><th>name</th></tr>";
+if (D.features) $("top5-title").textContent = "The class token's largest features (no classifier)";
 for (const [p, index, name] of D.top5) {
   const row = $("top5").insertRow();
   for (const text of [p.toFixed(3), index, name]) row.insertCell().textContent = text;

@@ -196,7 +196,8 @@ def savers(result, endings, look=Look()):
     for fusion, grid in result.maps.items():
         files[f"mask {fusion}"] = partial(write_npy, array=upsample(grid, result.picture.shape[:2]))
         if f"grid {fusion}" in endings:
-            patches = patch_maps(result.method, grid, architecture(result.model).G)
+            patches = patch_maps(result.method, grid, grid.shape[-1] // architecture(result.model).P
+                                 if result.method.per_pixel else grid.shape[-1])
             files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(patches, np.float32))
         if f"layers {fusion}" in endings:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(
@@ -222,17 +223,23 @@ def title(result, fusion=None):
     how = [f"{fusion or ' | '.join(result.maps)} fusion"] if method.fuses_heads else []
     how += [f"discard ratio {ratio_text(result.discard_ratio)}"] if method.discards else []
     how += [f"{method.steps} steps from black"] if method.steps else []
-    which = "class" if method.uses_gradient else "top class"
+    which = noun() if method.uses_gradient else f"top {noun()}"
     return (", ".join([method.title, *how]) + f": {which} {class_line(result.probabilities, result.category)}; "
             f"{architecture(result.model).title}")
+
+
+def noun():
+    """What the model's outputs are: classes, or (a model without a classifier) features."""
+    return "feature" if are_features() else "class"
 
 
 def class_line(probabilities, category):
     """'258 Samoyed (p 0.021, rank 7 of 1000)': a class, its probability and its rank."""
     p = float(probabilities[category])
     shown = f"{p:.3f}" if abs(p) >= 0.001 else f"{p:.1e}"  # a small probability keeps its digits
-    word = "value" if are_features() else "p"  # a model without a classifier gives its features
-    return f"{category} {short_name(category)} ({word} {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
+    if are_features():  # a model without a classifier gives its features: "feature 5" is all their name
+        return f"{category} (value {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
+    return f"{category} {short_name(category)} (p {shown}, rank {rank(probabilities, category)} of {len(probabilities)})"
 
 
 def printed(result, files, notes, quiet=0, first=True):
@@ -244,13 +251,13 @@ def printed(result, files, notes, quiet=0, first=True):
     if quiet >= 2:
         return []
     if quiet == 1:
-        what = f"{method.option} " + ("class" if method.uses_gradient else "top class")
+        what = f"{method.option} " + (noun() if method.uses_gradient else f"top {noun()}")
         return [f"{result.path}: {what} {class_line(result.probabilities, result.category)} -> {files['overlay']}"]
     top5 = (["  no classifier: the class token's largest features"] if are_features() else []) + \
         top_classes(result.probabilities)
     lines = [f"{result.path}:", *top5] if first else []
     if method.uses_gradient:
-        lines.append(f"  {method.title}, class {class_line(result.probabilities, result.category)}")
+        lines.append(f"  {method.title}, {noun()} {class_line(result.probabilities, result.category)}")
     if result.faithfulness is not None:
         which = "" if method.uses_gradient else ", the predicted class"
         lines += [f"  faithfulness for class {result.category} {class_names()[result.category]}{which} (perturbation "

@@ -24,6 +24,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from .architectures import KNOWN, ArchitectureError, architecture
 from .model import DEFAULT_MODEL, READ_OUTS
@@ -378,6 +380,25 @@ def _nest(state, device, model):
         block["attn"]["heads"] = a.H
     tree["architecture"] = replace(a, classes=tree["head"]["weight"].shape[0] if "head" in tree else 0)
     return tree
+
+
+def at_image_size(weights, size):
+    """The weights for size x size inputs: the position embedding's patch rows resampled to the
+    new grid, bicubic and antialiased, as timm does when it builds a model at another img_size
+    from a checkpoint (timm.layers.resample_abs_pos_embed); the prefix tokens' rows as they are.
+    A smaller input for a model of many tokens (DINOv2's 518 pixels are 1,374 tokens, whose maps
+    take 540 MB a picture). Raises WeightsError unless size is a multiple of the patch side."""
+    a = weights["architecture"]
+    if size <= 0 or size % a.P:
+        raise WeightsError(f"an input size for {a.title} is a positive multiple of its {a.P}-pixel patch, not {size}")
+    if size == a.image_size:
+        return weights
+    first = 0 if a.patch_positions_only else a.prefix  # pos_embed's rows before the patches'
+    positions = weights["pos_embed"]
+    patches = rearrange(positions[:, first:], "1 (gh gw) d -> 1 d gh gw", gh=a.G)
+    patches = F.interpolate(patches, size=(size // a.P,) * 2, mode="bicubic", antialias=True, align_corners=False)
+    resampled = torch.cat([positions[:, :first], rearrange(patches, "1 d gh gw -> 1 (gh gw) d")], dim=1)
+    return {**weights, "pos_embed": resampled, "architecture": replace(a, image_size=size)}
 
 
 def with_read_out(weights, read_out):

@@ -252,7 +252,7 @@ def test_a_model_without_a_classifier_explains_a_feature_and_refuses_probabiliti
     assert done.returncode == 0, done.stderr
     assert "no classifier: the class token's largest features" in done.stdout and "feature " in done.stdout
     done = run_here(capsys, GRADIENT, "--image", photo, "--category", "383", *dino, "--output-dir", tmp_path / "b")
-    assert done.returncode == 0 and "class 383 feature 383 (value " in done.stdout, done.stderr
+    assert done.returncode == 0 and "Gradient Rollout, feature 383 (value " in done.stdout, done.stderr
     for refused, words in (((GRADIENT, "--category", "384"), "384 is not a class index of this model (0..383)"),
                            ((ATTENTION, "--compare"), "has no classifier (its output is its 384 features)"),
                            ((ATTENTION, "--labels", checkpoints["labels"]), "--labels: DINO ViT-S/16")):
@@ -283,4 +283,43 @@ def test_attention_flow_on_785_tokens_is_refused_saying_what_it_would_cost(tmp_p
     done = run_here(capsys, ATTENTION, "--image", photo, "--method", "flow", "--model", "vit_small_patch8_224.dino",
                     "--output-dir", tmp_path / "out")
     assert done.returncode == 2 and "Attention Flow's cost grows as their cube (about 63 times" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, size", [("vit_small_patch14_reg4_dinov2", 224), ("deit_tiny_distilled_patch16_224", 288)])
+def test_another_input_size_resamples_positions_as_timm_does(name, size):
+    """weights.at_image_size against timm building the model at img_size from the same state
+    dict (its checkpoint_filter_fn resamples pos_embed): bitwise, logits and maps."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+    from deit_functional.weights import at_image_size
+    model = random_timm_model(name=name, depth=2)
+    weights = at_image_size(load_weights(model, model=replace(KNOWN[name], L=2)), size)
+    resized = timm.create_model(name, pretrained=False, depth=2, img_size=size).eval()
+    resized.load_state_dict(checkpoint_filter_fn(model.state_dict(), resized), strict=True)
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(10))
+    logits, maps, _ = timm_attention(resized, images)
+    with torch.no_grad():
+        ours, our_maps = forward(weights, images)
+    assert weights["architecture"].image_size == size and our_maps[0].shape[-1] == resized.pos_embed.shape[1] + (
+        weights["architecture"].prefix if weights["architecture"].patch_positions_only else 0)
+    assert torch.equal(ours, logits) and all(torch.equal(m, t) for m, t in zip(our_maps, maps))
+    with pytest.raises(WeightsError, match="a positive multiple of its"):
+        at_image_size(weights, size + 1)
+
+
+def test_many_tokens_shrink_the_default_batch_and_refuse_the_page(tmp_path, capsys, photo):
+    from deit_functional.cli import BATCH, MAP_BUDGET, batch_size, parser_for, script_methods
+    from script_runs import ATTENTION, run_here
+    parse = parser_for(script_methods(False)).parse_args
+    dinov2 = KNOWN["vit_small_patch14_reg4_dinov2"]
+    assert dinov2.map_bytes == 4 * 12 * 6 * 1374 ** 2  # 544 MB a picture
+    assert batch_size(parse(["--image", "x", "--model", "vit_small_patch14_reg4_dinov2"])) == MAP_BUDGET // dinov2.map_bytes
+    assert batch_size(parse(["--image", "x", "--model", "vit_small_patch14_reg4_dinov2", "--image-size", "224"])) == BATCH
+    assert batch_size(parse(["--image", "x"])) == BATCH and batch_size(parse(["--image", "x", "--batch-size", "5"])) == 5
+    for argv, words in ((("--html",), "its page would hold 173 MB of maps per picture: give --image-size 336 or less"),
+                        (("--image-size", "230"), "--image-size 230: DINOv2-S/14 registers takes a multiple of its 14")):
+        done = run_here(capsys, ATTENTION, "--image", photo, "--model", "vit_small_patch14_reg4_dinov2", *argv,
+                        "--output-dir", tmp_path / "out")
+        assert done.returncode == 2 and words in done.stderr.strip().splitlines()[-1], done.stderr
     assert not (tmp_path / "out").exists()
