@@ -1,4 +1,4 @@
-"""deit_functional: DeiT-tiny (and -small, -base) as plain tensor code, and the methods that explain it.
+"""deit_functional: DeiT-tiny (and the rest of the ViT family) as plain tensor code, and the methods that explain it.
 
 The names below load from their modules on first use (PEP 562), so that importing one module
 costs only what it imports: attention flow's worker processes import max_flow.py, which needs

@@ -3,7 +3,7 @@
 Every fact here is timm's: ``from_timm`` reads it off timm's own model (built on the meta
 device, so no memory and no download) and its ``pretrained_cfg``. The checkpoints this project
 checks are recorded in KNOWN so that a run need not import timm (about 2 s at start-up);
-tests/test_architectures.py asserts that each record equals what ``from_timm`` reads. Any other
+tests/test_family.py asserts that each record equals what ``from_timm`` reads. Any other
 timm ViT name is read from timm when it is asked for, and refused in one line where it uses a
 part the functional forward does not have (``unsupported``).
 
@@ -21,7 +21,7 @@ The switches, each beside the stage it changes in model.py:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # mean, std
@@ -83,6 +83,15 @@ class Architecture:
     def token_names(self):
         """The prefix tokens' names, in order."""
         return ("CLS",) + ("DIST",) * self.distilled + tuple(f"REG{i + 1}" for i in range(self.registers))
+
+
+def at_size(a, size):
+    """Architecture ``a`` taking size x size inputs (its grid and tokens follow); an
+    ArchitectureError unless size is a positive multiple of its patch side."""
+    if size <= 0 or size % a.P:
+        raise ArchitectureError(f"an input size for {a.title} is a positive multiple of its {a.P}-pixel patch, "
+                                f"not {size}")
+    return replace(a, image_size=size)
 
 
 def _deit(title, D, H, P=16, image_size=224, classes=1000, **more):
@@ -161,38 +170,42 @@ def from_timm(name):
                                 f"the checked ones: {', '.join(KNOWN)}") from None
     why = unsupported(model)
     if why:
-        raise ArchitectureError(f"{name}: {why}, which the functional forward does not have")
+        raise ArchitectureError(f"{name} is not a ViT this forward runs: {why}")
     config, block, known = model.pretrained_cfg, model.blocks[0], KNOWN.get(name)
     return Architecture(
         title=known.title if known else name, D=model.embed_dim, H=block.attn.num_heads, L=len(model.blocks),
         P=model.patch_embed.patch_size[0], image_size=model.patch_embed.img_size[0], classes=model.num_classes,
         registers=getattr(model, "num_reg_tokens", 0), distilled=hasattr(model, "dist_token"),
         patch_positions_only=model.no_embed_class, layer_scale=type(block.ls1).__name__ == "LayerScale",
-        mean=tuple(config["mean"]), std=tuple(config["std"]), interpolation=config["interpolation"],
-        crop_pct=config["crop_pct"], hub=config.get("hf_hub_id") or "")
+        mean=tuple(config.get("mean", IMAGENET[0])), std=tuple(config.get("std", IMAGENET[1])),
+        interpolation=config.get("interpolation", "bicubic"), crop_pct=config.get("crop_pct", 0.9),
+        hub=config.get("hf_hub_id") or "")
 
 
 def unsupported(model):
-    """What in timm's ``model`` the functional forward does not have, in a few words; '' if nothing."""
-    block = model.blocks[0] if hasattr(model, "blocks") else None
-    if type(model).__name__ not in ("VisionTransformer", "VisionTransformerDistilled") or block is None:
-        return f"it is a {type(model).__name__}, not a plain ViT"
+    """What in timm's ``model`` the functional forward does not have, in a few words; '' if
+    nothing. The checks run in order, each only once those before it passed, so that a model
+    of another make is refused by its make, not by a part it lacks."""
+    block = lambda: model.blocks[0]
     checks = [
-        (not model.has_class_token, "no class token"),
-        (model.global_pool != "token", f"global pooling {model.global_pool!r} instead of the class token"),
-        (type(model.fc_norm).__name__ != "Identity", "a norm after pooling (fc_norm)"),
-        (type(model.norm_pre).__name__ != "Identity", "a norm before the blocks (norm_pre)"),
-        (getattr(model, "dynamic_img_size", False), "dynamic input sizes"),
-        (getattr(model, "attn_pool", None) is not None, "attention pooling"),
-        (type(block.attn.q_norm).__name__ != "Identity", "query-key normalisation"),
-        (type(block.attn).__name__ != "Attention", f"{type(block.attn).__name__} attention"),
-        (type(block.mlp).__name__ != "Mlp" or type(block.mlp.act).__name__ != "GELU", "an MLP other than fc-GELU-fc"),
-        (block.mlp.fc1.out_features != 4 * model.embed_dim, "an MLP not 4 times the width"),
-        (block.norm1.eps != 1e-6 or type(block.norm1).__name__ != "LayerNorm", "a norm other than LayerNorm(eps=1e-6)"),
-        (block.attn.qkv.bias is None, "no bias in qkv"),
-        (type(block).__name__ != "Block", f"{type(block).__name__} blocks"),
-        (model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1]
-         or model.patch_embed.img_size[0] != model.patch_embed.img_size[1], "a non-square patch or input"),
+        (lambda: type(model).__name__ not in ("VisionTransformer", "VisionTransformerDistilled")
+         or not hasattr(model, "blocks"), lambda: f"it is a {type(model).__name__}, not a plain ViT"),
+        (lambda: type(block()).__name__ != "Block", lambda: f"it has {type(block()).__name__} blocks"),
+        (lambda: not model.has_class_token, lambda: "it has no class token"),
+        (lambda: model.global_pool != "token", lambda: f"it pools by {model.global_pool!r}, not the class token"),
+        (lambda: type(model.fc_norm).__name__ != "Identity", lambda: "it has a norm after pooling (fc_norm)"),
+        (lambda: type(model.norm_pre).__name__ != "Identity", lambda: "it has a norm before the blocks (norm_pre)"),
+        (lambda: getattr(model, "dynamic_img_size", False), lambda: "it takes dynamic input sizes"),
+        (lambda: getattr(model, "attn_pool", None) is not None, lambda: "it has attention pooling"),
+        (lambda: type(block().attn).__name__ != "Attention", lambda: f"it has {type(block().attn).__name__} attention"),
+        (lambda: type(block().attn.q_norm).__name__ != "Identity", lambda: "it has query-key normalisation"),
+        (lambda: block().attn.qkv.bias is None, lambda: "it has no bias in qkv"),
+        (lambda: type(block().mlp).__name__ != "Mlp" or type(block().mlp.act).__name__ != "GELU",
+         lambda: "it has an MLP other than fc-GELU-fc"),
+        (lambda: block().mlp.fc1.out_features != 4 * model.embed_dim, lambda: "its MLP is not 4 times the width"),
+        (lambda: type(block().norm1).__name__ != "LayerNorm" or block().norm1.eps != 1e-6,
+         lambda: "it has a norm other than LayerNorm(eps=1e-6)"),
+        (lambda: model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1]
+         or model.patch_embed.img_size[0] != model.patch_embed.img_size[1], lambda: "its patch or input is not square"),
     ]
-    return next((why for failed, why in checks if failed), "")
-
+    return next((why() for failed, why in checks if failed()), "")

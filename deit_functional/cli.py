@@ -5,7 +5,7 @@ Every argument is checked before any work starts, and bad input ends the run wit
 line, one error line on stderr and exit status 2, before anything is written.
 """
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import math
 import os
 import sys
@@ -17,7 +17,7 @@ import torch
 from .console import Printout, names_printable
 from .images import ImageError
 from .drawing import BACKDROPS, Look
-from .architectures import KNOWN, ArchitectureError, architecture
+from .architectures import KNOWN, ArchitectureError, architecture, at_size
 from .labels import class_index, feature_names, named, read_labels
 from .localisation import BoxesError, read_boxes
 from .sanity import PICTURES as SANITY_PICTURES
@@ -27,7 +27,7 @@ from .outputs import looks_like_a_result
 from .pipeline import DiskFull, Job, run
 from .methods import INPUT_STEPS, METHODS, STEPS
 from .rollout import HEAD_FUSIONS
-from .weights import WEIGHTS_VARIABLE, WeightsError, at_image_size, load_weights, with_read_out
+from .weights import WEIGHTS_VARIABLE, WeightsError, architecture_of, at_image_size, load_weights, with_read_out
 
 # what --evaluate adds, measured in bench/README.md ("What --evaluate costs")
 EVALUATE_COST = ("on 2 CPU cores about 0.8 s more per picture with one fusion, 2 s with all three, where a "
@@ -183,13 +183,13 @@ def parser_for(methods):
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help=f"pictures per forward pass (default: {BATCH}, fewer where a batch's attention maps "
-                        f"would pass {MAP_BUDGET >> 30} GiB: DINOv2's are 540 MB a picture)")
+                        f"would pass {MAP_BUDGET >> 30} GiB: DINOv2's are 544 MB a picture)")
     p.add_argument("--image-size", type=positive_int, metavar="S",
                    help="the model's input side in pixels, a multiple of its patch: the position embedding "
                         "resampled as timm does (default: the checkpoint's; e.g. 224 for DINOv2's 518, "
                         "whose 1,374 tokens are slow and large)")
     p.add_argument("--save-grid", action="store_true",
-                   help="also save the 14x14 patch map as <name>_grid.npy (for a per-pixel method, "
+                   help="also save the patch map (DeiT's 14x14) as <name>_grid.npy (for a per-pixel method, "
                         "the sum over each patch)")
     p.add_argument("--per-layer", action="store_true",
                    help="also write <name>_layers.png (the rollouts: " + ", ".join(m.option for m in methods if m.rollout)
@@ -323,8 +323,7 @@ def usable_devices():
 def job_from(args):
     """The parsed arguments -> the pipeline's Job, checked: every option given applies to a
     method chosen."""
-    flat = lambda lists: tuple(dict.fromkeys(item for items in lists for item in items))  # in order, once each
-    chosen = flat(args.method)
+    chosen = flat_items(args.method)
     every = ALL in chosen
     if every:
         chosen = available(METHODS.values())
@@ -341,7 +340,10 @@ def job_from(args):
     if args.steps:
         chosen = tuple(m.with_steps(args.steps) if m.steps else m for m in chosen)
     fusion = args.head_fusion or ("all" if args.report else "mean")
-    return Job(methods=chosen, categories=flat(categories(args)),
+    # the classes are checked here where they are ImageNet's or a --labels file's, else (a model
+    # without a classifier: features, unless the weights bring a head) once the weights are in
+    known = args.labels is not None or architecture(args.model).classes == C
+    return Job(methods=chosen, categories=flat_items(categories(args, Outputs.of(args, C))) if known else (),
                head_fusions=HEAD_FUSIONS if fusion == "all" else (fusion,),
                discard_ratio=args.discard_ratio, output_dir=args.output_dir, batch_size=batch_size(args),
                per_layer=args.per_layer, html=args.html, report=args.report,
@@ -352,21 +354,29 @@ def job_from(args):
                look=Look(args.overlay, args.alpha), quiet=args.quiet)
 
 
-def class_names_of(args):
-    """The names of the outputs the run explains: the --labels file's, a model without a
-    classifier's features, or ImageNet's (None)."""
-    a = architecture(args.model)
-    if args.labels is not None:
-        try:
-            return read_labels(args.labels)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    return feature_names(a.D) if a.classes == 0 else None
+@dataclass(frozen=True)
+class Outputs:
+    """What the model's outputs are called: ``names`` (None: ImageNet's), and whether they are
+    features (a model without a classifier) rather than classes."""
+    names: tuple | None
+    features: bool = False
+
+    @staticmethod
+    def of(args, classes):
+        """For a head of ``classes`` (0: none): the --labels file's names, the features', or ImageNet's."""
+        if args.labels is not None:
+            try:
+                return Outputs(tuple(read_labels(args.labels)))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        if classes == 0:
+            return Outputs(tuple(feature_names(architecture(args.model).D)), features=True)
+        return Outputs(None)
 
 
-def categories(args):
-    """--category's texts -> class indices, by the run's names (class_names_of)."""
-    with named(class_names_of(args)):
+def categories(args, outputs):
+    """--category's texts -> class indices, by the names of ``outputs`` (Outputs)."""
+    with named(outputs.names, outputs.features):
         try:
             return [[class_index(text) for text in items] for items in getattr(args, "category", None) or []]
         except ValueError as error:
@@ -376,7 +386,10 @@ def categories(args):
 def sized(args):
     """--model's Architecture at --image-size."""
     a = architecture(args.model)
-    return replace(a, image_size=args.image_size) if args.image_size else a
+    try:
+        return at_size(a, args.image_size) if args.image_size else a
+    except ArchitectureError as error:
+        raise UsageError(f"--image-size: {error}") from None
 
 
 def batch_size(args):
@@ -387,9 +400,6 @@ def batch_size(args):
 def check_model(args, methods):
     """Refuse what --model cannot do, before its weights load: an input size not a multiple of
     the patch, a read-out without two heads, Attention Flow or an explorer page on too many tokens."""
-    if args.image_size is not None and args.image_size % architecture(args.model).P:
-        raise UsageError(f"--image-size {args.image_size}: {architecture(args.model).title} takes a multiple of "
-                         f"its {architecture(args.model).P}-pixel patch")
     a = sized(args)
     if args.read_out is not None and not a.distilled:
         raise UsageError(f"--read-out: {a.title} ({args.model}) has one head, on its class token; only a "
@@ -406,27 +416,26 @@ def check_model(args, methods):
 def check_head(args, weights):
     """Refuse what ``weights`` (of --model) cannot do, in one line each: a --labels file of
     another size than the head, a head not ImageNet's without one, probabilities of a model
-    without a classifier."""
-    a = weights["architecture"]
+    without a classifier. -> the Outputs of their head."""
+    a = architecture_of(weights)
     title = f"{a.title} ({args.model})"
     if args.labels is not None and a.classes == 0:
         raise UsageError(f"--labels: {title} has no classifier; give --weights a checkpoint with a head")
-    names = class_names_of(args)
-    if args.labels is not None and len(names) != a.classes:
-        raise UsageError(f"--labels {args.labels}: {len(names)} names, but the head of these weights has "
+    outputs = Outputs.of(args, a.classes)
+    if args.labels is not None and len(outputs.names) != a.classes:
+        raise UsageError(f"--labels {args.labels}: {len(outputs.names)} names, but the head of these weights has "
                          f"{a.classes} classes")
     if args.labels is None and a.classes not in (0, C):
         raise UsageError(f"--weights: a head of {a.classes} classes, not ImageNet's {C}: name them with --labels FILE")
     if a.classes == 0 and (args.evaluate or args.compare or args.report or ALL in flat_items(args.method)):
         raise UsageError(f"{title} has no classifier (its output is its {a.D} features), so there is no class "
                          "probability to evaluate or compare by; fine-tune a head and pass it with --weights")
-    for category in flat_items(categories(args)):
-        if category >= (a.classes or a.D):
-            raise UsageError(f"argument --category: {category} is beyond the {a.classes or a.D} outputs of these weights")
+    return outputs
 
 
 def flat_items(lists):
-    return [item for items in lists for item in items]
+    """Lists of items -> their items, in order, each once."""
+    return tuple(dict.fromkeys(item for items in lists for item in items))
 
 
 def available(methods):
@@ -500,7 +509,8 @@ def _main(methods, argv):
         device = check_device(args.device)
         check_model(args, job.methods)
         weights = load_weights(args.weights, device=device, model=job.model)
-        check_head(args, weights)
+        outputs = check_head(args, weights)
+        job = replace(job, categories=flat_items(categories(args, outputs)))  # by the head the weights have
         if args.image_size:
             weights = at_image_size(weights, args.image_size)
         weights = with_read_out(weights, args.read_out or "mean")
@@ -508,7 +518,7 @@ def _main(methods, argv):
             for method in METHODS.values():
                 if unavailable(method):
                     print(f"--method all: leaving out {method.option}: {unavailable(method)}", file=sys.stderr)
-        with named(class_names_of(args)):
+        with named(outputs.names, outputs.features):
             failures = run(paths, weights, job, device, printout)  # raises ImageError if the one picture is unreadable
     except (UsageError, WeightsError, ImageError, ImportError) as error:
         parser.error(str(error))  # usage line + message on stderr, exit status 2

@@ -1,7 +1,7 @@
 """How faithful is a map? Curves of the class's probability as the patches go in the map's order.
 
-Rank the 196 patches by the map (ties by patch index). Removing the most relevant patches first
-(positive, or "most relevant first") should make the model's probability for the class fall
+Rank the G*G patches (DeiT-tiny's 196) by the map (ties by patch index). Removing the most
+relevant patches first (positive, or "most relevant first") should make the model's probability for the class fall
 fast; removing the least relevant first (negative) should leave it. The area under each curve,
 by the trapezoid rule over the fractions removed, with the untouched picture at x = 0,
 summarises it. Three ways to remove a patch, each with its known weakness (walkthrough §11):
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .model import G, P, forward
+from .model import G, forward
 from .pixel_relevance import patch_pixels
 
 FRACTIONS = tuple(i / 10 for i in range(10))   # 0 (nothing removed), 0.1, ..., 0.9: Chefer's x-range
@@ -69,12 +69,6 @@ def removed(grids, fractions, most_relevant_first=True):
     rank = ranks(grids if most_relevant_first else -grids)
     counts = torch.tensor(removed_counts(fractions, rank.shape[-1]), device=grids.device)
     return rank[..., None, :] < counts[:, None]
-
-
-def removal_masks(grid, fractions=FRACTIONS, most_relevant_first=True):
-    """(G, G) map -> (S, 224, 224) keep-masks: 0 on the removed patches, 1 elsewhere."""
-    keep = (~removed(grid, fractions, most_relevant_first)).float()
-    return patch_pixels(rearrange(keep, "s (gh gw) -> s gh gw", gh=grid.shape[-1]), grid.shape[-1] * P)
 
 
 def in_chunks(probabilities_of, count):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-_NAMES = []  # the names a run set (named), innermost last; empty: ImageNet's
+_NAMES = []  # (names, features) a run set (named), innermost last; empty: ImageNet's classes
 
 
 @lru_cache(maxsize=1)
@@ -18,7 +18,7 @@ def imagenet_names():
 
 
 def class_names():
-    return _NAMES[-1] if _NAMES else imagenet_names()
+    return _NAMES[-1][0] if _NAMES else imagenet_names()
 
 
 def feature_names(count):
@@ -49,13 +49,14 @@ def _imagenet():
 
 def are_features():
     """Whether the outputs are a model's features (it has no classifier): not probabilities."""
-    return class_names()[0] == feature_names(1)[0]
+    return bool(_NAMES) and _NAMES[-1][1]
 
 
 @contextmanager
-def named(names):
-    """Within it, the classes are called ``names`` (a list; None: ImageNet's)."""
-    _NAMES.append(list(names) if names is not None else imagenet_names())
+def named(names, features=False):
+    """Within it, the outputs are called ``names`` (a list; None: ImageNet's), and are a model's
+    ``features`` (it has no classifier) rather than classes."""
+    _NAMES.append((list(names) if names is not None else imagenet_names(), features))
     try:
         yield
     finally:

@@ -278,7 +278,7 @@ def forward(weights, images, retain_grad=False, kept=None):
     logits are (B, C); attentions a list of L post-softmax maps, each (B, H, N, N), first block
     first. With ``retain_grad=True`` every map keeps its ``.grad`` after ``backward()`` from the
     logits (``trace`` keeps more). ``kept`` (B, K) patch indices: only those patches' tokens go
-    in (embed), and the maps are (B, H, 1 + K, 1 + K).
+    in (embed), and the maps are (B, H, prefix + K, prefix + K).
     """
     run = trace(weights, images, keep_grad=("attentions",) if retain_grad else (), kept=kept)
     return run.logits, run.attentions

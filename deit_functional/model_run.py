@@ -25,6 +25,7 @@ import torch
 from .images import normalised
 from .model import GRADIENT, RULES, head, prefix_count, trace
 from .transformer_attribution import attention_relevances
+from .weights import architecture_of
 
 INTEGRATION_ROWS = 64  # (image, step) pairs per forward pass of an integrated gradient
 
@@ -145,7 +146,7 @@ def input_relevance(weights, images, category, rules):
 def black_picture(images, weights):
     """The model input of an all-black picture, shaped (1, 3, 1, 1) on ``images``' device, as
     the weights' checkpoint normalises it."""
-    return normalised(images.new_zeros(1, 3, 1, 1), weights["architecture"])
+    return normalised(images.new_zeros(1, 3, 1, 1), architecture_of(weights))
 
 
 def gauss_legendre(count):

@@ -50,6 +50,7 @@ from .drawing import Look
 from .outputs import Names, PictureResult, file_endings, file_tag, printed, write, write_predictions
 from .pixel_relevance import patch_maps
 from .report import entry as report_entry, write_report
+from .weights import architecture_of
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def explain_batch(weights, batch, job, device, method, category):
         logits, maps = explain(weights, inputs, method, category=category, head_fusions=fusions,
                                discard_ratio=job.ratio(method))
     # a model without a classifier gives its features (model.head): shown as they are
-    probabilities = (logits.softmax(dim=-1) if weights["architecture"].classes else logits).cpu().numpy()
+    probabilities = (logits.softmax(dim=-1) if architecture_of(weights).classes else logits).cpu().numpy()
     classes = (probabilities.argmax(-1) if category is None  # the class each picture's map explains
                else np.broadcast_to(torch.as_tensor(category).cpu(), len(batch)))
     results = []
@@ -122,7 +123,7 @@ def explain_batch(weights, batch, job, device, method, category):
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
                     for f in fusions} if job.per_layer or job.html else {},
             category=explained,
-            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids, weights["architecture"].G),
+            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids, architecture_of(weights).G),
                                            explained) if job.evaluate else None,
             method=method, attentions=attentions[row] if job.html else None, model=job.model,
             discard_ratio=job.ratio(method)))
@@ -204,7 +205,7 @@ def run(paths, weights, job, device, printout=None):
         decoding, writes = decode(batches[0]), []
         for index, (batch, following) in enumerate(zip(batches, batches[1:] + [[]])):
             with torch_threads(1):  # the workers have the cores (module docstring)
-                decoded = [_with_input(future.result(), weights["architecture"]) for future in decoding]
+                decoded = [_with_input(future.result(), architecture_of(weights)) for future in decoding]
             while writes and not overlap_model:  # on the CPU, the model waits for every write
                 collect(*writes.pop(0))
             if disk_full.is_set():

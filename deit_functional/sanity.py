@@ -14,6 +14,7 @@ import torch
 
 from .explanations import explain
 from .pixel_relevance import patch_maps
+from .weights import architecture_of
 
 FAILS_ABOVE = 0.5  # a mean rank correlation above this with every block random: the map did not change
 PICTURES = 8  # the check runs on a run's first 8 pictures: L more runs of each method (12 x 32 steps
@@ -69,7 +70,7 @@ def randomisation_check(weights, pictures, method, categories, head_fusions, dis
     def maps(w):
         _, by_fusion = explain(w, pictures, method, category=categories, head_fusions=head_fusions,
                                discard_ratio=discard_ratio)
-        grids = patch_maps(method, by_fusion, w["architecture"].G)
+        grids = patch_maps(method, by_fusion, architecture_of(w).G)
         return torch.stack([grids[f] for f in head_fusions], dim=1).flatten(-2)  # (B, R, G*G)
     original = maps(weights) if original is None else original
     return torch.stack([rank_correlation(maps(randomised(weights, depth, seed)), original)

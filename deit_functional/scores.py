@@ -23,6 +23,7 @@ from .model import forward
 from .outputs import ratio_text
 from .pixel_relevance import patch_maps
 from .sanity import randomisation_check
+from .weights import architecture_of
 
 RANDOM_SEEDS = 3  # each costs a map's ~47 full forward passes per picture (evaluate.py)
 
@@ -140,7 +141,7 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
     its inverted map and the random maps, scored by every metric, and each method's
     randomisation check (on the run's first job.sanity_pictures pictures)."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
-    entries, checked, grid = [], {}, weights["architecture"].G
+    entries, checked, grid = [], {}, architecture_of(weights).G
     sane = [b for b, number in enumerate(numbers) if number < job.sanity_pictures]  # the pictures checked
     for category in job.categories or (None,):
         classes = torch.tensor([r.category for r in by_explanation[0]] if category is None else [category] * len(batch),

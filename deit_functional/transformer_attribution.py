@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from .model import gelu, layer_norm, queries_keys_values
+from .model import gelu, layer_norm, queries_keys_values, scaled
 from .rollout import ROLLOUTS, rolled_out
 
 EPS = 1e-9  # their safe_divide's
@@ -103,12 +103,14 @@ def block_relevance(x, p, attn, R):
     """Through model.block, recomputed from its input x and map ``attn``: R (B, N, D) -> (R_x, R_A)."""
     normed = layer_norm(x, p["norm1"])
     parts = attention_parts(normed, p["attn"], attn)
-    mixed = parts[-1]
+    # LayerScale (DeiT III, DINOv2), where the block has it, scales each branch element by
+    # element: a product with a constant, whose z-rule passes the relevance on as it is
+    mixed = scaled(parts[-1], p, "ls1")
     middle = x + mixed
     normed_2 = layer_norm(middle, p["norm2"])
     activated = gelu(F.linear(normed_2, **p["mlp"]["fc1"]))
-    R_middle, R_mlp = sum_relevance(middle, F.linear(activated, **p["mlp"]["fc2"]), R)
-    R_hidden = linear_relevance(activated, p["mlp"]["fc2"], R_mlp)  # GELU passes it on
+    R_middle, R_mlp = sum_relevance(middle, scaled(F.linear(activated, **p["mlp"]["fc2"]), p, "ls2"), R)
+    R_hidden = linear_relevance(activated, p["mlp"]["fc2"], R_mlp)  # LayerScale and GELU pass it on
     R_middle = copy_relevance(middle, R_middle, linear_relevance(normed_2, p["mlp"]["fc1"], R_hidden))
     R_x, R_mixed = sum_relevance(x, mixed, R_middle)
     R_normed, R_attn = attention_relevance(normed, p["attn"], attn, parts, R_mixed)

@@ -1,4 +1,4 @@
-"""A DeiT's parameters as plain tensors, loaded strictly.
+"""A ViT's parameters as plain tensors, loaded strictly.
 
 The weights are a nested dict that mirrors timm's state-dict names, so
 ``blocks.3.attn.qkv.weight`` is ``weights["blocks"][3]["attn"]["qkv"]["weight"]`` and each
@@ -8,9 +8,12 @@ has the right shape, so a wrong checkpoint fails here, naming the key, not deep 
 forward.
 
 Two namings are read: timm's (a timm model, its state dict, timm's model.safetensors, the
-official DeiT release's ``{"model": state_dict}``), and Hugging Face transformers'
-``ViTForImageClassification`` (``facebook/deit-tiny-patch16-224`` and its siblings), whose
-separate query, key and value are stacked into timm's ``qkv``.
+official DeiT release's ``{"model": state_dict}``), and Hugging Face transformers' files of four
+model classes (TRANSFORMERS_NAMES: ``facebook/deit-tiny-patch16-224``, ``google/vit-base-patch16-224``,
+``facebook/deit-tiny-distilled-patch16-224``, ``facebook/dino-vits16``,
+``facebook/dinov2-with-registers-small`` and their siblings), whose separate query, key and
+value are stacked into timm's ``qkv``. The Architecture the weights are of (architectures.py)
+is kept in them, under "architecture".
 """
 import json
 import os
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .architectures import KNOWN, ArchitectureError, architecture
+from .architectures import KNOWN, Architecture, ArchitectureError, architecture, at_size
 from .model import DEFAULT_MODEL, READ_OUTS
 
 TIMM_FILE = "model.safetensors"  # in timm's hub repo of each model
@@ -42,9 +45,10 @@ RELEASE_URL = "https://dl.fbaipublicfiles.com/deit/"  # the official DeiT releas
 HUB_URL = "https://huggingface.co/"
 
 # timm's names -> transformers' names as its files hold them, by prefix ({i}: the block), for
-# each of the three model classes read: ViTForImageClassification (ViT, DeiT), DeiT's
-# ...WithTeacher (distilled DeiT) and Dinov2WithRegistersModel. The three of qkv are stacked in
-# this order along the output dimension, as timm's qkv holds them.
+# each of the four model classes read: ViTForImageClassification (ViT, DeiT), ViTModel (no
+# head: DINO), DeiTForImageClassificationWithTeacher (distilled DeiT) and
+# Dinov2WithRegistersModel. The three of qkv are stacked in this order along the output
+# dimension, as timm's qkv holds them.
 _VIT_BLOCK = {
     "blocks.{i}.norm1.": "encoder.layer.{i}.layernorm_before.",
     "blocks.{i}.attn.qkv.": "encoder.layer.{i}.attention.attention.{part}.",
@@ -67,11 +71,12 @@ def _prefixed(table, prefix):
     return {timm: prefix + theirs for timm, theirs in table.items()}
 
 
-TRANSFORMERS_NAMES = {  # the naming's marker key prefix -> timm's names -> theirs
-    "vit.": {**_prefixed({**_EMBEDDINGS, **_VIT_BLOCK}, "vit."), "head.": "classifier."},
-    "deit.": {**_prefixed({**_EMBEDDINGS, **_VIT_BLOCK}, "deit."), "head.": "cls_classifier.",
-              "head_dist.": "distillation_classifier."},
-    "embeddings.": {**_EMBEDDINGS, **{
+TRANSFORMERS_NAMES = {  # transformers' model class -> timm's names -> theirs
+    "ViTForImageClassification": {**_prefixed({**_EMBEDDINGS, **_VIT_BLOCK}, "vit."), "head.": "classifier."},
+    "ViTModel": {**_EMBEDDINGS, **_VIT_BLOCK},
+    "DeiTForImageClassificationWithTeacher": {**_prefixed({**_EMBEDDINGS, **_VIT_BLOCK}, "deit."),
+                                              "head.": "cls_classifier.", "head_dist.": "distillation_classifier."},
+    "Dinov2WithRegistersModel": {**_EMBEDDINGS, **{
         "blocks.{i}.norm1.": "encoder.layer.{i}.norm1.",
         "blocks.{i}.attn.qkv.": "encoder.layer.{i}.attention.attention.{part}.",
         "blocks.{i}.attn.proj.": "encoder.layer.{i}.attention.output.dense.",
@@ -132,11 +137,20 @@ def expected_shapes(model=DEFAULT_MODEL, classes=None):
 
 
 def naming_of(state):
-    """The key prefix that marks ``state``'s transformers naming (TRANSFORMERS_NAMES), or None: timm's."""
-    return next((marker for marker in TRANSFORMERS_NAMES if any(str(k).startswith(marker) for k in state)), None)
+    """The transformers model class whose naming ``state`` has (a key of TRANSFORMERS_NAMES), or
+    None: timm's."""
+    keys = [str(k) for k in state]
+    starts = lambda prefix: any(k.startswith(prefix) for k in keys)
+    if starts("vit."):
+        return "ViTForImageClassification"
+    if starts("deit."):
+        return "DeiTForImageClassificationWithTeacher"
+    if "embeddings.register_tokens" in state:
+        return "Dinov2WithRegistersModel"
+    return "ViTModel" if starts("embeddings.") else None
 
 
-def transformers_names(key, naming="vit."):
+def transformers_names(key, naming="ViTForImageClassification"):
     """A timm key -> the transformers keys it is made of in ``naming`` (a key of
     TRANSFORMERS_NAMES): query, key and value for a qkv, else one."""
     table = TRANSFORMERS_NAMES[naming]
@@ -144,7 +158,7 @@ def transformers_names(key, naming="vit."):
     general = key.replace(block.group(0), "blocks.{i}.", 1) if block else key
     prefix = next((p for p in table if general.startswith(p)), None)
     if prefix is None:
-        raise WeightsError(f"transformers' {naming.rstrip('.')} naming has no name for {key!r}")
+        raise WeightsError(f"transformers' {naming} has no parameter for timm's {key!r}")
     name = table[prefix] + general[len(prefix):]
     i = block.group(1) if block else None
     return [name.format(i=i, part=part) for part in QKV] if "{part}" in name else [name.format(i=i)]
@@ -316,7 +330,8 @@ def _renamed(state, model):
 
     The head may have any number of classes (a fine-tuned one), or none where the model has none.
     transformers' DINOv2 with registers adds its class token's position to the class token, as
-    timm's own conversion does (_convert_dinov2), and has an unused mask token, dropped.
+    timm's own conversion does (_convert_dinov2), and has an unused mask token, dropped; a
+    ViTModel's pooler, which timm's model has not (its output is the class token), is dropped too.
     """
     naming = naming_of(state)
     head = "head.weight" if naming is None else TRANSFORMERS_NAMES[naming].get("head.", "no head.") + "weight"
@@ -324,7 +339,9 @@ def _renamed(state, model):
     shapes = expected_shapes(model, classes)
     if naming is None:
         return _checked(state, shapes, model)
-    if naming == "embeddings.":
+    if naming == "ViTModel":
+        state = {k: v for k, v in state.items() if not str(k).startswith("pooler.")}
+    if naming == "Dinov2WithRegistersModel":
         state = {k: v for k, v in state.items() if k != "embeddings.mask_token"}
         positions = state.get("embeddings.position_embeddings")
         if torch.is_tensor(positions) and torch.is_tensor(state.get("embeddings.cls_token")) and positions.dim() == 3:
@@ -382,15 +399,25 @@ def _nest(state, device, model):
     return tree
 
 
+def architecture_of(weights):
+    """The Architecture ``weights`` are of, which load_weights records in them; a WeightsError
+    naming the fix for a weights dict made otherwise."""
+    if not isinstance(weights, dict) or not isinstance(weights.get("architecture"), Architecture):
+        raise WeightsError("these weights do not say which model they are of: make them with load_weights")
+    return weights["architecture"]
+
+
 def at_image_size(weights, size):
     """The weights for size x size inputs: the position embedding's patch rows resampled to the
     new grid, bicubic and antialiased, as timm does when it builds a model at another img_size
     from a checkpoint (timm.layers.resample_abs_pos_embed); the prefix tokens' rows as they are.
     A smaller input for a model of many tokens (DINOv2's 518 pixels are 1,374 tokens, whose maps
-    take 540 MB a picture). Raises WeightsError unless size is a multiple of the patch side."""
-    a = weights["architecture"]
-    if size <= 0 or size % a.P:
-        raise WeightsError(f"an input size for {a.title} is a positive multiple of its {a.P}-pixel patch, not {size}")
+    take 544 MB a picture). Raises WeightsError unless size is a multiple of the patch side."""
+    a = architecture_of(weights)
+    try:
+        resized = at_size(a, size)
+    except ArchitectureError as error:
+        raise WeightsError(str(error)) from None
     if size == a.image_size:
         return weights
     first = 0 if a.patch_positions_only else a.prefix  # pos_embed's rows before the patches'
@@ -398,7 +425,7 @@ def at_image_size(weights, size):
     patches = rearrange(positions[:, first:], "1 (gh gw) d -> 1 d gh gw", gh=a.G)
     patches = F.interpolate(patches, size=(size // a.P,) * 2, mode="bicubic", antialias=True, align_corners=False)
     resampled = torch.cat([positions[:, :first], rearrange(patches, "1 d gh gw -> 1 (gh gw) d")], dim=1)
-    return {**weights, "pos_embed": resampled, "architecture": replace(a, image_size=size)}
+    return {**weights, "pos_embed": resampled, "architecture": resized}
 
 
 def with_read_out(weights, read_out):

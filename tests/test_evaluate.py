@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from deit_functional import explain, load_weights, to_input
-from deit_functional.evaluate import FRACTIONS, auc, perturbation_test, removal_masks
+from deit_functional.evaluate import FRACTIONS, auc, perturbation_test, removed
+from deit_functional.pixel_relevance import patch_pixels
 from script_runs import GRADIENT, run
 
 
@@ -20,18 +21,16 @@ def test_auc_of_known_curves_is_exact():
     assert auc(FRACTIONS, [1 - x for x in FRACTIONS]) == pytest.approx(0.9 - 0.9 ** 2 / 2, abs=1e-15)
 
 
-def test_removal_masks_remove_the_most_or_least_relevant_patches_first():
+def test_removal_takes_the_most_or_least_relevant_patches_first():
     grid = torch.arange(196, dtype=torch.float32).view(14, 14)  # patch i has relevance i
-    first = removal_masks(grid, FRACTIONS, most_relevant_first=True)
-    last = removal_masks(grid, FRACTIONS, most_relevant_first=False)
-    assert first.shape == (10, 224, 224)
+    first, last = (removed(grid, FRACTIONS, most_relevant_first=o) for o in (True, False))  # (S, 196)
     for step, fraction in enumerate(FRACTIONS):
-        removed = round(fraction * 196)
-        patch_kept = first[step, ::16, ::16].flatten()
-        assert patch_kept.sum() == 196 - removed
-        assert torch.all(patch_kept[196 - removed:] == 0) and torch.all(patch_kept[:196 - removed] == 1)
-        assert torch.all(last[step, ::16, ::16].flatten()[:removed] == 0)
-        assert torch.equal(first[step], first[step, ::16, ::16].repeat_interleave(16, 0).repeat_interleave(16, 1))
+        count = round(fraction * 196)
+        assert first[step].sum() == count and first[step][196 - count:].all() and not first[step][:196 - count].any()
+        assert last[step][:count].all() and not last[step][count:].any()
+    masks = patch_pixels(first.float().view(-1, 14, 14), 224)  # each patch's value on its 16 x 16 pixels
+    assert masks.shape == (10, 224, 224) and torch.equal(masks[:, ::16, ::16], first.float().view(-1, 14, 14))
+    assert torch.equal(masks, masks[:, ::16, ::16].repeat_interleave(16, 1).repeat_interleave(16, 2))
 
 
 def test_planted_true_map_is_more_faithful_than_random_and_inverted_maps():

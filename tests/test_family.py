@@ -44,10 +44,12 @@ def test_each_recorded_architecture_is_what_timm_says():
 def test_an_unknown_or_unsupported_timm_model_is_refused_in_one_line():
     with pytest.raises(ArchitectureError, match=r"timm cannot build a model 'vit_nonesuch'"):
         architecture("vit_nonesuch")
-    with pytest.raises(ArchitectureError, match=r"vit_base_patch16_clip_224: a norm before the blocks"):
-        architecture("vit_base_patch16_clip_224")
-    with pytest.raises(ArchitectureError, match=r"resnet18: it is a ResNet, not a plain ViT"):
-        architecture("resnet18")
+    for name, why in (("vit_base_patch16_clip_224", "it has a norm before the blocks"),
+                      ("resnet18", "it is a ResNet, not a plain ViT"),
+                      ("vit_small_patch16_18x2_224", "it has ParallelThingsBlock blocks"),  # no .attn to read
+                      ("vit_giant_patch14_dinov2", "it has an MLP other than fc-GELU-fc")):
+        with pytest.raises(ArchitectureError, match=rf"^{name} is not a ViT this forward runs: {why}"):
+            architecture(name)
     with pytest.raises(WeightsError, match="timm cannot build"):
         load_weights({}, model="vit_nonesuch")
 
@@ -160,6 +162,8 @@ def hf_model(kind):
     if kind == "dinov2_with_registers":
         config = transformers.Dinov2WithRegistersConfig(image_size=56, patch_size=14, num_register_tokens=4, **sizes)
         model = transformers.Dinov2WithRegistersModel(config)
+    elif kind == "vit":  # a ViTModel, as facebook/dino-vits16: no head, a pooler timm's model has not
+        model = transformers.ViTModel(transformers.ViTConfig(image_size=64, patch_size=16, **sizes))
     else:
         config = transformers.DeiTConfig(image_size=64, patch_size=16, num_labels=10, **sizes)
         model = transformers.DeiTForImageClassificationWithTeacher(config)
@@ -171,7 +175,8 @@ def hf_model(kind):
 
 
 @pytest.mark.parametrize("kind, name", [("dinov2_with_registers", "vit_small_patch14_reg4_dinov2"),
-                                        ("deit", "deit_tiny_distilled_patch16_224")])
+                                        ("deit", "deit_tiny_distilled_patch16_224"),
+                                        ("vit", "vit_small_patch16_224.dino")])
 def test_a_transformers_checkpoint_gives_transformers_outputs_and_maps(tmp_path, kind, name):
     model = hf_model(kind)
     model.save_pretrained(tmp_path)
@@ -182,7 +187,7 @@ def test_a_transformers_checkpoint_gives_transformers_outputs_and_maps(tmp_path,
     with torch.no_grad():
         theirs = model(pixel_values=images, output_attentions=True)
         ours, maps = forward(weights, images)
-    output = theirs.logits if kind == "deit" else theirs.pooler_output
+    output = theirs.logits if kind == "deit" else theirs.last_hidden_state[:, 0]  # (DINOv2's pooler_output)
     assert torch.allclose(ours, output, atol=1e-5, rtol=1e-4)
     assert weights["architecture"].classes == (10 if kind == "deit" else 0)
     for m, their in zip(maps, theirs.attentions):
@@ -318,8 +323,63 @@ def test_many_tokens_shrink_the_default_batch_and_refuse_the_page(tmp_path, caps
     assert batch_size(parse(["--image", "x", "--model", "vit_small_patch14_reg4_dinov2", "--image-size", "224"])) == BATCH
     assert batch_size(parse(["--image", "x"])) == BATCH and batch_size(parse(["--image", "x", "--batch-size", "5"])) == 5
     for argv, words in ((("--html",), "its page would hold 173 MB of maps per picture: give --image-size 336 or less"),
-                        (("--image-size", "230"), "--image-size 230: DINOv2-S/14 registers takes a multiple of its 14")):
+                        (("--image-size", "230"), "--image-size: an input size for DINOv2-S/14 registers is a positive multiple of "
+                                                  "its 14-pixel patch, not 230")):
         done = run_here(capsys, ATTENTION, "--image", photo, "--model", "vit_small_patch14_reg4_dinov2", *argv,
                         "--output-dir", tmp_path / "out")
         assert done.returncode == 2 and words in done.stderr.strip().splitlines()[-1], done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_labels_file_is_a_name_per_line(tmp_path, capsys, checkpoints, photo):
+    from deit_functional.labels import read_labels
+    from script_runs import GRADIENT, run_here
+    cases = {"names.txt": ("cat\ndog\n\n", None), "empty.txt": ("\n\n", "no class names in it"),
+             "gap.txt": ("cat\n\ndog\n", "line 2 is empty"), "latin.txt": (b"caf\xe9\n", "cannot read it")}
+    for name, (text, error) in cases.items():
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        if error is None:
+            assert read_labels(tmp_path / name) == ["cat", "dog"]
+        else:
+            with pytest.raises(ValueError, match=error):
+                read_labels(tmp_path / name)
+    done = run_here(capsys, GRADIENT, "--image", photo, "--category", "1", "--weights", checkpoints["tuned"],
+                    "--labels", tmp_path / "names.txt", "--output-dir", tmp_path / "out")
+    assert done.returncode == 2 and "2 names, but the head of these weights has 3 classes" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_transformer_attribution_reads_layerscale_as_the_linear_layer_it_scales(small_models):
+    """LayerScale with positive gammas folded into the layers it scales (attn.proj, mlp.fc2: rows
+    and biases times gamma) is the same function without LayerScale; Chefer et al.'s rules share
+    relevance by the products' parts, which positive scales keep, so the two maps agree."""
+    _, weights = small_models["deit3_small_patch16_224"]
+    scaled_weights = {**weights, "blocks": []}
+    folded = {**weights, "blocks": []}
+    for p in weights["blocks"]:
+        gammas = {name: p[name]["gamma"].abs() + 0.5 for name in ("ls1", "ls2")}
+        scaled_weights["blocks"].append({**p, **{name: {"gamma": g} for name, g in gammas.items()}})
+        plain = {k: v for k, v in p.items() if k not in ("ls1", "ls2")}
+        proj, fc2 = p["attn"]["proj"], p["mlp"]["fc2"]
+        plain["attn"] = {**p["attn"], "proj": {k: v * (gammas["ls1"][:, None] if k == "weight" else gammas["ls1"])
+                                               for k, v in proj.items()}}
+        plain["mlp"] = {**p["mlp"], "fc2": {k: v * (gammas["ls2"][:, None] if k == "weight" else gammas["ls2"])
+                                           for k, v in fc2.items()}}
+        folded["blocks"].append(plain)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        assert torch.allclose(forward(scaled_weights, images)[0], forward(folded, images)[0], atol=1e-5)
+    ours = explain(scaled_weights, images, "transformer-attribution", category=3)[1]["mean"]
+    theirs = explain(folded, images, "transformer-attribution", category=3)[1]["mean"]
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_a_dino_with_a_fine_tuned_imagenet_head_explains_imagenet_classes(tmp_path, capsys, photo):
+    """The head the weights have decides what the outputs are, not the checkpoint timm names."""
+    from script_runs import GRADIENT, run_here
+    tuned = random_timm_model(name="vit_small_patch16_224.dino", num_classes=1000).state_dict()
+    torch.save(tuned, tmp_path / "dino-imagenet.pth")
+    done = run_here(capsys, GRADIENT, "--image", photo, "--category", "tabby", "--model", "vit_small_patch16_224.dino",
+                    "--weights", tmp_path / "dino-imagenet.pth", "--output-dir", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "Gradient Rollout, class 281 tabby (p " in done.stdout and "feature" not in done.stdout

@@ -8,6 +8,7 @@ import torch
 
 from deit_functional import WeightsError, forward, load_weights
 from deit_functional import weights as weights_module
+from timm_reference import random_timm_model
 
 pytestmark = pytest.mark.quick  # in the first check: python -m pytest -m quick (README)
 
@@ -159,3 +160,25 @@ def test_real_pretrained_weights_load_as_timm_loads_them(images):
     with torch.no_grad():
         assert torch.equal(forward(load_weights(), images)[0],
                            forward(load_weights(model), images)[0])
+
+
+def test_another_families_pretrained_weights_come_from_its_own_hub_repos(no_local_weights, tmp_path, monkeypatch):
+    """DINOv2 with registers: timm's repo (timm/vit_small_patch14_reg4_dinov2.lvd142m) or
+    transformers' (facebook/dinov2-with-registers-small) in the hub cache; offline, the message
+    names the file to fetch."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+    name = "vit_small_patch14_reg4_dinov2"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match=r"HF_HUB_OFFLINE is set; fetch them where there is network \(curl -L -o "
+                                           rf"{name}.safetensors https://huggingface.co/timm/{name}.lvd142m/resolve/"
+                                           r"main/model.safetensors, https://huggingface.co/facebook/dinov2-with-registers-small\)"):
+        load_weights(model=name)
+    state = random_timm_model(name=name, depth=12).state_dict()
+    repo = tmp_path / "hf" / ("models--" + weights_module.timm_hub_repo(name).replace("/", "--"))
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    save_file(state, repo / "snapshots" / ("0" * 40) / weights_module.TIMM_FILE)
+    loaded = load_weights(model=name)
+    assert loaded["architecture"].registers == 4 and torch.equal(loaded["reg_token"], state["reg_token"])
