@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from .architectures import KNOWN, ArchitectureError, architecture, at_size
 from .console import Printout, names_printable
 from .images import ImageError
 from .drawing import BACKDROPS, Look
-from .architectures import KNOWN, ArchitectureError, architecture, at_size
 from .labels import class_index, feature_names, named, read_labels
 from .localisation import BoxesError, read_boxes
 from .sanity import PICTURES as SANITY_PICTURES

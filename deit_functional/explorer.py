@@ -21,9 +21,9 @@ import json
 
 import numpy as np
 
+from .architectures import architecture
 from .curves import curves_svg
 from .labels import are_features, short_name, top
-from .architectures import architecture
 
 SIDE = 448  # the picture's longer side on the page, in pixels
 

@@ -211,7 +211,8 @@ def head(x, w, rules=GRADIENT):
     if "head_dist" not in w:
         return F.linear(normed[:, 0], **w["head"])
     cls, dist = F.linear(normed[:, 0], **w["head"]), F.linear(normed[:, 1], **w["head_dist"])
-    return {"mean": lambda: (cls + dist) / 2, "cls": lambda: cls, "dist": lambda: dist}[w.get("read_out", "mean")]()
+    read_out = w.get("read_out", "mean")
+    return (cls + dist) / 2 if read_out == "mean" else cls if read_out == "cls" else dist
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .architectures import architecture
 from .drawing import Look, curves_figure, layer_figure, result_figure, upsample
 from .explorer import explorer_page
 from .labels import are_features, class_names, rank, short_name, top, top_classes
-from .architectures import architecture
 from .model import DEFAULT_MODEL
 from .methods import METHODS, Method
 from .pixel_relevance import patch_maps

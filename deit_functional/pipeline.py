@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .architectures import architecture
 from .comparison import write_comparison
 from .console import Printout
 from .evaluate import perturbation_test
 from .explanations import explain, maps_by_layer, run_method
 from .images import ImageError, read_picture, to_input
-from .architectures import architecture
 from .model import DEFAULT_MODEL
 from .sanity import PICTURES as SANITY_PICTURES
 from .scores import predicted_classes, score_batch

@@ -25,10 +25,10 @@ from urllib.parse import quote
 
 import numpy as np
 
+from .architectures import architecture
 from .comparison import MIN_PICTURES, beyond
 from .curves import curves_svg
 from .labels import short_name, top
-from .architectures import architecture
 from .outputs import ratio_text
 from .writing import write_new, write_text
 
