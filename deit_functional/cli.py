@@ -84,9 +84,18 @@ BATCH = 32  # pictures per forward pass, by default
 MAP_BUDGET = 2 << 30  # bytes of attention maps a default batch may keep (architectures.Architecture.map_bytes)
 PAGE_TOKENS = 600  # above this many tokens the explorer page (L H N^2 bytes) is refused
 
-# Flow's cost grows as the cube of the tokens (N max-flow problems on a graph of L N^2 edges):
-# DeiT-tiny's 197 tokens take about a second per picture; above this many it is refused.
-FLOW_TOKENS = 600
+# Attention Flow's cost grows as the cube of the tokens (N max-flow problems on a graph of L N^2
+# edges): about a second a picture on DeiT-tiny's 197 tokens, 35 s on ViT-Ti/16 384's 577 (33
+# times, where the cube says 25; discard 0, bench/README.md). On a model of more tokens than
+# DeiT's, a run is told what flow will cost, and refused where one picture would take more than
+# FLOW_MINUTES (DINOv2's 1,374 tokens: about 6 minutes a picture).
+FLOW_SECONDS = 1.0
+FLOW_MINUTES = 5
+
+
+def flow_seconds(a, pictures=1):
+    """Attention Flow's estimated cost, in seconds, for ``pictures`` of Architecture ``a``."""
+    return pictures * FLOW_SECONDS * (a.N / 197) ** 3
 
 
 discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
@@ -397,16 +406,18 @@ def batch_size(args):
     return args.batch_size or max(1, min(BATCH, MAP_BUDGET // sized(args).map_bytes))
 
 
-def check_model(args, methods):
+def check_model(args, methods, pictures):
     """Refuse what --model cannot do, before its weights load: an input size not a multiple of
-    the patch, a read-out without two heads, Attention Flow or an explorer page on too many tokens."""
+    the patch, a read-out without two heads, Attention Flow that would take hours on ``pictures``,
+    an explorer page of too many tokens."""
     a = sized(args)
     if args.read_out is not None and not a.distilled:
         raise UsageError(f"--read-out: {a.title} ({args.model}) has one head, on its class token; only a "
                          "distilled DeiT has two")
-    if a.N > FLOW_TOKENS and any(m.name == "flow" for m in methods):
-        raise UsageError(f"--method flow: {a.title} has {a.N} tokens; Attention Flow's cost grows as their cube "
-                         f"(about {(a.N / 197) ** 3:.0f} times DeiT-tiny's ~1 s per picture): choose rollout")
+    if any(m.name == "flow" for m in methods) and flow_seconds(a) > FLOW_MINUTES * 60:
+        raise UsageError(f"--method flow: {a.title} has {a.N} tokens; Attention Flow's cost grows as their cube: "
+                         f"about {flow_seconds(a) / 60:.0f} min a picture, {flow_seconds(a, pictures) / 3600:.1f} h "
+                         "for these: give a smaller --image-size, or choose rollout")
     if a.N > PAGE_TOKENS and args.html:
         grid = math.isqrt(PAGE_TOKENS - a.prefix)  # the largest input whose page is allowed
         raise UsageError(f"--html: {a.title} has {a.N} tokens; its page would hold {a.map_bytes / 3 / 2**20:.0f} MB "
@@ -507,13 +518,18 @@ def _main(methods, argv):
         paths = collect_pictures(args.image)
         check_output_dir(args.output_dir)
         device = check_device(args.device)
-        check_model(args, job.methods)
+        check_model(args, job.methods, len(paths))
         weights = load_weights(args.weights, device=device, model=job.model)
         outputs = check_head(args, weights)
         job = replace(job, categories=flat_items(categories(args, outputs)))  # by the head the weights have
         if args.image_size:
             weights = at_image_size(weights, args.image_size)
         weights = with_read_out(weights, args.read_out or "mean")
+        a = sized(args)
+        if any(m.name == "flow" for m in job.methods) and a.N > KNOWN[DEFAULT_MODEL].N:
+            print(f"--method flow: {a.N} tokens, so Attention Flow will take about {flow_seconds(a):.0f} s a "
+                  f"picture, {flow_seconds(a, len(paths)) / 60:.0f} min in all (its cost grows as the tokens' cube)",
+                  file=sys.stderr)
         if ALL in (item for items in args.method for item in items):  # every check passed: say what is left out
             for method in METHODS.values():
                 if unavailable(method):

@@ -283,12 +283,21 @@ def test_a_fine_tuned_head_takes_its_labels(tmp_path, capsys, checkpoints, photo
     assert not (tmp_path / "b").exists()
 
 
-def test_attention_flow_on_785_tokens_is_refused_saying_what_it_would_cost(tmp_path, capsys, photo):
+def test_attention_flow_says_what_it_costs_and_is_refused_where_a_picture_takes_minutes(tmp_path, capsys,
+                                                                                       checkpoints, photo):
+    """Its cost grows as the tokens' cube: 1,374 (DINOv2) would take about 6 minutes a picture;
+    226 (DINO ViT-S/16 at 240 pixels) are run, saying so first."""
     from script_runs import ATTENTION, run_here
-    done = run_here(capsys, ATTENTION, "--image", photo, "--method", "flow", "--model", "vit_small_patch8_224.dino",
+    done = run_here(capsys, ATTENTION, "--image", photo, "--method", "flow", "--model", "vit_small_patch14_reg4_dinov2",
                     "--output-dir", tmp_path / "out")
-    assert done.returncode == 2 and "Attention Flow's cost grows as their cube (about 63 times" in done.stderr
+    assert done.returncode == 2 and "about 6 min a picture" in done.stderr.strip().splitlines()[-1], done.stderr
     assert not (tmp_path / "out").exists()
+    done = run_here(capsys, ATTENTION, "--image", photo, "--method", "flow", "--model", "vit_small_patch16_224.dino",
+                    "--weights", checkpoints["vit_small_patch16_224.dino"], "--image-size", "240",
+                    "--output-dir", tmp_path / "small")
+    assert done.returncode == 0, done.stderr
+    assert "--method flow: 226 tokens, so Attention Flow will take about 2 s a picture" in done.stderr
+    assert len(list((tmp_path / "small").glob("*attention-flow*_mask.npy"))) == 1
 
 
 @pytest.mark.parametrize("name, size", [("vit_small_patch14_reg4_dinov2", 224), ("deit_tiny_distilled_patch16_224", 288)])
