@@ -408,8 +408,9 @@ def batch_size(args):
 
 def check_model(args, methods, pictures):
     """Refuse what --model cannot do, before its weights load: an input size not a multiple of
-    the patch, a read-out without two heads, Attention Flow that would take hours on ``pictures``,
-    an explorer page of too many tokens."""
+    the patch, a read-out without two heads, Attention Flow where one picture would take over
+    FLOW_MINUTES (the message says what the run's ``pictures`` would), an explorer page of too
+    many tokens."""
     a = sized(args)
     if args.read_out is not None and not a.distilled:
         raise UsageError(f"--read-out: {a.title} ({args.model}) has one head, on its class token; only a "
