@@ -75,6 +75,12 @@ class Architecture:
         return self.prefix + self.G * self.G
 
     @property
+    def prefix_positions(self):
+        """The position embedding's rows before the patches': one per prefix token, or none where
+        it has a row per patch only (patch_positions_only)."""
+        return 0 if self.patch_positions_only else self.prefix
+
+    @property
     def map_bytes(self):
         """One picture's L attention maps (H, N, N) in float32: what a run keeps of each picture."""
         return 4 * self.L * self.H * self.N * self.N
@@ -98,9 +104,8 @@ def _deit(title, D, H, P=16, image_size=224, classes=1000, **more):
     return Architecture(title, D=D, H=H, L=12, P=P, image_size=image_size, classes=classes, **more)
 
 
-def _vit(title, D, H, P=16, image_size=224, **more):
-    return Architecture(title, D=D, H=H, L=12, P=P, image_size=image_size, classes=1000, mean=HALF[0], std=HALF[1],
-                        **more)
+def _vit(title, D, H, **more):
+    return _deit(title, D, H, mean=HALF[0], std=HALF[1], **more)
 
 
 def _hub(name, tag):

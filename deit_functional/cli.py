@@ -91,11 +91,12 @@ PAGE_TOKENS = 600  # above this many tokens the explorer page (L H N^2 bytes) is
 # FLOW_MINUTES (DINOv2's 1,374 tokens: about 6 minutes a picture).
 FLOW_SECONDS = 1.0
 FLOW_MINUTES = 5
+DEIT_TOKENS = KNOWN[DEFAULT_MODEL].N  # 197, where FLOW_SECONDS was measured
 
 
 def flow_seconds(a, pictures=1):
     """Attention Flow's estimated cost, in seconds, for ``pictures`` of Architecture ``a``."""
-    return pictures * FLOW_SECONDS * (a.N / 197) ** 3
+    return pictures * FLOW_SECONDS * (a.N / DEIT_TOKENS) ** 3
 
 
 discard_ratio = bounded(float, 0.0, 1.0, "outside [0, 1)")
@@ -527,7 +528,7 @@ def _main(methods, argv):
             weights = at_image_size(weights, args.image_size)
         weights = with_read_out(weights, args.read_out or "mean")
         a = sized(args)
-        if any(m.name == "flow" for m in job.methods) and a.N > KNOWN[DEFAULT_MODEL].N:
+        if any(m.name == "flow" for m in job.methods) and a.N > DEIT_TOKENS:
             print(f"--method flow: {a.N} tokens, so Attention Flow will take about {flow_seconds(a):.0f} s a "
                   f"picture, {flow_seconds(a, len(paths)) / 60:.0f} min in all (its cost grows as the tokens' cube)",
                   file=sys.stderr)

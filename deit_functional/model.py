@@ -47,7 +47,8 @@ L = _TINY.L     # blocks = 12
 M = _TINY.M     # MLP hidden width = 768
 LN_EPS = 1e-6   # timm builds these ViTs' LayerNorms with eps=1e-6, not torch's default 1e-5
 PREFIX_TOKENS = ("cls_token", "dist_token", "reg_token")  # the weights' prefix tokens, in timm's order
-READ_OUTS = ("mean", "cls", "dist")  # a distilled DeiT's prediction: its two heads' mean (timm's), or one
+# A distilled DeiT's prediction, by w["read_out"]: the classifiers it reads as (token, head), averaged
+READ_OUTS = {"mean": ((0, "head"), (1, "head_dist")), "cls": ((0, "head"),), "dist": ((1, "head_dist"),)}
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,14 @@ def head(x, w, rules=GRADIENT):
         return normed[:, 0]
     if "head_dist" not in w:
         return F.linear(normed[:, 0], **w["head"])
-    cls, dist = F.linear(normed[:, 0], **w["head"]), F.linear(normed[:, 1], **w["head_dist"])
-    read_out = w.get("read_out", "mean")
-    return (cls + dist) / 2 if read_out == "mean" else cls if read_out == "cls" else dist
+    logits = [F.linear(normed[:, token], **w[name]) for token, name in read_out(w)]
+    return (logits[0] + logits[1]) / 2 if len(logits) == 2 else logits[0]
+
+
+def read_out(w):
+    """The classifiers model.head reads, as (token, name of its weights) (READ_OUTS): the one on
+    the class token, or a distilled DeiT's two or one of them, as ``w["read_out"]`` says."""
+    return READ_OUTS[w.get("read_out", "mean")] if "head_dist" in w else READ_OUTS["cls"]
 
 
 @dataclass(frozen=True)

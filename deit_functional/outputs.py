@@ -196,8 +196,7 @@ def savers(result, endings, look=Look()):
     for fusion, grid in result.maps.items():
         files[f"mask {fusion}"] = partial(write_npy, array=upsample(grid, result.picture.shape[:2]))
         if f"grid {fusion}" in endings:
-            patches = patch_maps(result.method, grid, grid.shape[-1] // architecture(result.model).P
-                                 if result.method.per_pixel else grid.shape[-1])
+            patches = patch_maps(result.method, grid, architecture(result.model).P)
             files[f"grid {fusion}"] = partial(write_npy, array=np.asarray(patches, np.float32))
         if f"layers {fusion}" in endings:
             files[f"layers {fusion}"] = partial(write_png, picture=layer_figure(

@@ -123,7 +123,7 @@ def explain_batch(weights, batch, job, device, method, category):
             layers={f: (by_layer[f][:, row].cpu().numpy(), own[f][:, row].cpu().numpy())
                     for f in fusions} if job.per_layer or job.html else {},
             category=explained,
-            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids, architecture_of(weights).G),
+            faithfulness=perturbation_test(weights, inputs[row], patch_maps(method, grids, architecture_of(weights).P),
                                            explained) if job.evaluate else None,
             method=method, attentions=attentions[row] if job.html else None, model=job.model,
             discard_ratio=job.ratio(method)))

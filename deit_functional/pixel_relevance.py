@@ -18,9 +18,9 @@ def pixel_relevance(run, head_fusion="none"):
     return relevance / peak.where(peak > 0, 1)
 
 
-def patch_sums(pixels, grid):
-    """(..., 224, 224) a value per pixel -> (..., G, G) the sum over each P x P patch, G = ``grid``."""
-    return reduce(pixels, "... (gh ph) (gw pw) -> ... gh gw", "sum", gh=grid, gw=grid)
+def patch_sums(pixels, patch):
+    """(..., 224, 224) a value per pixel -> (..., G, G) the sum over each P x P patch, P = ``patch``."""
+    return reduce(pixels, "... (gh ph) (gw pw) -> ... gh gw", "sum", ph=patch, pw=patch)
 
 
 def patch_pixels(grids, size):
@@ -30,9 +30,9 @@ def patch_pixels(grids, size):
     return repeat(grids, "... gh gw -> ... (gh ph) (gw pw)", ph=patch, pw=patch)
 
 
-def patch_maps(method, maps, grid):
-    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid (G =
-    ``grid``): a per-pixel map's patch sums, a patch map as it is."""
+def patch_maps(method, maps, patch):
+    """A map, or a dict of maps, of Method ``method`` -> the same on the (G, G) patch grid: a
+    per-pixel map's sums over its ``patch`` x ``patch`` pixels, a patch map as it is."""
     if isinstance(maps, dict):
-        return {key: patch_maps(method, m, grid) for key, m in maps.items()}
-    return patch_sums(maps, grid) if method.per_pixel else maps
+        return {key: patch_maps(method, m, patch) for key, m in maps.items()}
+    return patch_sums(maps, patch) if method.per_pixel else maps

@@ -70,7 +70,7 @@ def randomisation_check(weights, pictures, method, categories, head_fusions, dis
     def maps(w):
         _, by_fusion = explain(w, pictures, method, category=categories, head_fusions=head_fusions,
                                discard_ratio=discard_ratio)
-        grids = patch_maps(method, by_fusion, architecture_of(w).G)
+        grids = patch_maps(method, by_fusion, architecture_of(w).P)
         return torch.stack([grids[f] for f in head_fusions], dim=1).flatten(-2)  # (B, R, G*G)
     original = maps(weights) if original is None else original
     return torch.stack([rank_correlation(maps(randomised(weights, depth, seed)), original)

@@ -141,7 +141,7 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
     its inverted map and the random maps, scored by every metric, and each method's
     randomisation check (on the run's first job.sanity_pictures pictures)."""
     inputs = torch.stack([model_input for _, _, model_input in batch]).to(device)
-    entries, checked, grid = [], {}, architecture_of(weights).G
+    entries, checked, a = [], {}, architecture_of(weights)
     sane = [b for b, number in enumerate(numbers) if number < job.sanity_pictures]  # the pictures checked
     for category in job.categories or (None,):
         classes = torch.tensor([r.category for r in by_explanation[0]] if category is None else [category] * len(batch),
@@ -153,7 +153,7 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
                   if not results[0].method.uses_gradient or not job.categories or results[0].category == category]
         for results, method in scored:
             fusions = list(results[0].maps)
-            grids = torch.stack([torch.stack([torch.as_tensor(patch_maps(method, r.maps[f], grid)) for f in fusions])
+            grids = torch.stack([torch.stack([torch.as_tensor(patch_maps(method, r.maps[f], a.P)) for f in fusions])
                                  for r in results]).to(device)  # (B, R, G, G)
             scores, inverted, curves = map_scores(weights, inputs, grids, classes, masks)
             key = (method, None if not method.uses_gradient else category)
@@ -171,7 +171,7 @@ def score_batch(weights, batch, numbers, job, device, by_explanation):
                                       {k: c[b, r] for k, c in curves.items()}, rhos))
                 entries.append(Scored(picture, target, f"inverted: {row}", "inverted",
                                       {m: float(v[b, r]) for m, v in inverted.items()}))
-        randoms = random_maps(numbers, grid).to(device)  # (B, seeds, G, G)
+        randoms = random_maps(numbers, a.G).to(device)  # (B, seeds, G, G)
         scores, _, curves = map_scores(weights, inputs, randoms, classes, masks)
         entries += [Scored(str(batch[b][0]), target, f"random map ({RANDOM_SEEDS} seeds)", "random",
                            {m: float(v[b, s]) for m, v in scores.items()}, {k: c[b, s] for k, c in curves.items()},

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from .model import gelu, layer_norm, queries_keys_values, scaled
+from .model import gelu, layer_norm, queries_keys_values, read_out, scaled
 from .rollout import ROLLOUTS, rolled_out
 
 EPS = 1e-9  # their safe_divide's
@@ -126,8 +126,7 @@ def head_relevance(x, w, category):
     if "head" not in w:
         R[:, 0] = F.one_hot(category, x.shape[-1]).to(x.dtype)
         return R
-    read_out = w.get("read_out", "mean") if "head_dist" in w else "cls"
-    heads = {"cls": [(0, "head")], "dist": [(1, "head_dist")], "mean": [(0, "head"), (1, "head_dist")]}[read_out]
+    heads = read_out(w)
     for token, name in heads:
         read = normed[:, token]
         start = F.one_hot(category, w[name]["weight"].shape[0]).to(x.dtype) / len(heads)

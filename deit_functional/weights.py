@@ -120,7 +120,7 @@ def expected_shapes(model=DEFAULT_MODEL, classes=None):
     classes = a.classes if classes is None else classes
     layer = {"norm1": (D,), "attn.qkv": (3 * D, D), "attn.proj": (D, D),
              "norm2": (D,), "mlp.fc1": (M, D), "mlp.fc2": (D, M)}
-    positions = a.G * a.G + (0 if a.patch_positions_only else a.prefix)
+    positions = a.prefix_positions + a.G * a.G
     shapes = {"cls_token": (1, 1, D), **({"dist_token": (1, 1, D)} if a.distilled else {}),
               **({"reg_token": (1, a.registers, D)} if a.registers else {}), "pos_embed": (1, positions, D),
               "patch_embed.proj.weight": (D, 3, a.P, a.P), "patch_embed.proj.bias": (D,),
@@ -420,8 +420,7 @@ def at_image_size(weights, size):
         raise WeightsError(str(error)) from None
     if size == a.image_size:
         return weights
-    first = 0 if a.patch_positions_only else a.prefix  # pos_embed's rows before the patches'
-    positions = weights["pos_embed"]
+    first, positions = a.prefix_positions, weights["pos_embed"]
     patches = rearrange(positions[:, first:], "1 (gh gw) d -> 1 d gh gw", gh=a.G)
     patches = F.interpolate(patches, size=(size // a.P,) * 2, mode="bicubic", antialias=True, align_corners=False)
     resampled = torch.cat([positions[:, :first], rearrange(patches, "1 d gh gw -> 1 (gh gw) d")], dim=1)

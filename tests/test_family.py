@@ -69,7 +69,7 @@ def test_logits_and_every_map_are_bitwise_timms_unfused(name):
     assert prefix_count(weights) == a.prefix == model.num_prefix_tokens
     assert ours.shape == (2, a.classes or a.D) and len(our_maps) == a.L
     assert all(m.shape == (2, a.H, a.N, a.N) for m in our_maps) and a.N == model.pos_embed.shape[1] + (
-        a.prefix if a.patch_positions_only else 0)
+        a.prefix - a.prefix_positions)
     assert torch.equal(ours, logits)
     for layer, (m, theirs) in enumerate(zip(our_maps, maps)):
         assert torch.equal(m, theirs), f"layer {layer}"
@@ -315,8 +315,8 @@ def test_another_input_size_resamples_positions_as_timm_does(name, size):
     logits, maps, _ = timm_attention(resized, images)
     with torch.no_grad():
         ours, our_maps = forward(weights, images)
-    assert weights["architecture"].image_size == size and our_maps[0].shape[-1] == resized.pos_embed.shape[1] + (
-        weights["architecture"].prefix if weights["architecture"].patch_positions_only else 0)
+    a = weights["architecture"]
+    assert a.image_size == size and our_maps[0].shape[-1] == resized.pos_embed.shape[1] + a.prefix - a.prefix_positions
     assert torch.equal(ours, logits) and all(torch.equal(m, t) for m, t in zip(our_maps, maps))
     with pytest.raises(WeightsError, match="a positive multiple of its"):
         at_image_size(weights, size + 1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deit_functional import METHODS, explain, forward, load_weights, to_input
-from deit_functional.model import G as GRID, H, IMAGE_SIZE
+from deit_functional.model import G as GRID, H, IMAGE_SIZE, P
 from deit_functional.pixel_relevance import patch_maps
 from deit_functional.model_run import Keeps, run_model
 from deit_functional.weights import expected_shapes
@@ -288,7 +288,7 @@ def test_class_specific_methods_light_the_explained_colour_only(square_pairs, pa
     scenes = scenes_for(name, square_pairs[0])
     both = pair_maps(name, discard_ratio)[head_fusion]
     assert both.shape == (2 * len(scenes), *MAP_SHAPE[METHODS[name].per_pixel]) and torch.isfinite(both).all()
-    both = patch_maps(METHODS[name], both, GRID)  # a per-pixel method's patch sums
+    both = patch_maps(METHODS[name], both, P)  # a per-pixel method's patch sums
     maps = both[:len(scenes)] if explained == "red" else both[len(scenes):]
     for saliency, (h, w, red, blue) in zip(maps, scenes):
         target, other = (red, blue) if explained == "red" else (blue, red)

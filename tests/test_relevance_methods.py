@@ -200,7 +200,7 @@ def test_a_run_that_could_not_give_what_it_names_is_refused():
 
 def test_patch_sums_add_each_patchs_pixels():
     pixels = torch.arange(224 * 224, dtype=torch.float64).reshape(224, 224)
-    sums = patch_sums(pixels, 14)
+    sums = patch_sums(pixels, 16)
     assert sums.shape == (14, 14)
     assert sums[2, 5] == pixels[32:48, 80:96].sum() and sums.sum() == pixels.sum()
 
